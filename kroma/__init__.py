@@ -1,0 +1,3 @@
+"""Kroma: a project-first, event-sourced AI image production backend."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,47 @@
+"""One injectable source of time and ids, so tests can be deterministic."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+
+
+def uuid7() -> str:
+    """A time-ordered UUIDv7 string: 48-bit unix ms, version 7, random tail (RFC 9562)."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms << 80) | (0x7 << 76) | ((rand >> 66) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return str(uuid.UUID(int=value))
+
+
+def iso_micro(dt: datetime) -> str:
+    """UTC timestamp with microseconds, the envelope's `recorded_at` format."""
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def to_seconds(recorded_at: str) -> str:
+    """The contract's second-precision form `YYYY-MM-DDTHH:MM:SSZ` of an envelope timestamp."""
+    return recorded_at[:19] + "Z"
+
+
+class Clock:
+    """Wall clock and id source. Tests substitute a subclass with fixed values."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def now_iso(self) -> str:
+        return iso_micro(self.now())
+
+    def now_seconds(self) -> str:
+        return self.now().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def new_id(self) -> str:
+        """Entity ids: random UUIDv4, as the contract uses."""
+        return str(uuid.uuid4())
+
+    def event_id(self) -> str:
+        """Event ids: time-ordered, so the unique index appends at its right edge."""
+        return uuid7()

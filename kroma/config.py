@@ -1,0 +1,98 @@
+"""Settings: built-in defaults < config/kroma.toml < KROMA_* environment < CLI flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    data_dir: str = "var/kroma"
+    bind: str = "127.0.0.1:8788"
+    workspace_root: str = ""
+    auth_dev_bypass: bool = False
+    auth_bootstrap_first_token: bool = True
+    log_level: str = "info"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).resolve()
+
+    @property
+    def events_db(self) -> str:
+        return str(self.data_path / "events.db")
+
+    @property
+    def readmodels_db(self) -> str:
+        return str(self.data_path / "readmodels.db")
+
+    @property
+    def workspace(self) -> str:
+        return str(Path(self.workspace_root).resolve()) if self.workspace_root else str(self.data_path)
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.bind.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+    def ensure_data_dir(self) -> Path:
+        self.data_path.mkdir(parents=True, exist_ok=True)
+        return self.data_path
+
+
+# (settings field, env names in order of preference, TOML section, TOML key)
+_SOURCES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
+    ("data_dir", ("KROMA_DATA_DIR",), "storage", "data_dir"),
+    ("workspace_root", ("KROMA_WORKSPACE_ROOT",), "storage", "workspace_root"),
+    ("bind", ("KROMA_BIND", "KROMA_BACKEND_BIND"), "server", "bind"),
+    ("auth_dev_bypass", ("KROMA_API_AUTH_DEV_BYPASS",), "auth", "dev_bypass"),
+    (
+        "auth_bootstrap_first_token",
+        ("KROMA_API_AUTH_BOOTSTRAP_FIRST_TOKEN",),
+        "auth",
+        "bootstrap_first_token",
+    ),
+    ("log_level", ("KROMA_LOG_LEVEL",), "log", "level"),
+)
+
+
+def _default_config_file() -> Path | None:
+    for candidate in (
+        Path.cwd() / "config" / "kroma.toml",
+        Path(__file__).parent.parent / "config" / "kroma.toml",
+    ):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, config_file: str | None = None, **overrides: Any
+) -> Settings:
+    """Resolve settings from every layer. `overrides` are CLI flags (None means not given)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = Path(config_file) if config_file else None
+    if path is None and env.get("KROMA_CONFIG"):
+        path = Path(env["KROMA_CONFIG"])
+    if path is None:
+        path = _default_config_file()
+    document = tomllib.loads(path.read_text()) if path is not None else {}
+    for name, env_names, section, key in _SOURCES:
+        if key in document.get(section, {}):
+            values[name] = document[section][key]
+        for env_name in env_names:
+            if env.get(env_name, "").strip():
+                raw = env[env_name].strip()
+                is_flag = isinstance(getattr(Settings(), name), bool)
+                values[name] = raw.lower() in TRUE_WORDS if is_flag else raw
+                break
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return msgspec.convert(values, Settings)

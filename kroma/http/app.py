@@ -1,0 +1,58 @@
+"""create_app(settings) -> the Litestar application."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+
+from kroma import __version__
+from kroma.config import Settings
+from kroma.http.deps import get_services
+from kroma.http.errors import to_response
+from kroma.http.middleware import RequestContextMiddleware
+from kroma.http.routes.catalog import all_routes
+from kroma.services import Services
+
+# The reference catalog's size: /health reports it (contract §0).
+CONTRACT_ROUTE_COUNT = 74
+
+
+def create_app(settings: Settings, services: Services | None = None) -> Litestar:
+    services = services or Services(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
+        await services.open()
+        try:
+            yield
+        finally:
+            await services.close()
+
+    app = Litestar(
+        route_handlers=all_routes(),
+        dependencies={"services": Provide(get_services, sync_to_thread=False)},
+        middleware=[DefineMiddleware(RequestContextMiddleware)],
+        exception_handlers={Exception: to_response},
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(
+            title="Kroma API",
+            version=__version__,
+            path="/docs",
+            render_plugins=[ScalarRenderPlugin()],
+        ),
+        debug=False,
+        logging_config=None,
+    )
+    app.state.services = services
+    app.state.started_unix_ms = int(time.time() * 1000)
+    app.state.route_count = CONTRACT_ROUTE_COUNT
+    logging.getLogger("kroma").setLevel(settings.log_level.upper())
+    return app

@@ -1,0 +1,77 @@
+"""Every exception becomes the contract's flat error envelope; no stack trace reaches a client."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    ValidationException,
+)
+
+from kroma.domain.errors import Internal, KromaError, ValidationError
+from kroma.events.store import IdempotencyMismatch
+from kroma.http import responses
+
+log = logging.getLogger("kroma.http")
+
+_TYPE_ERROR = re.compile(r"Expected `(?P<want>[^`]+)`, got `(?P<got>[^`]+)`(?: - at `\$\.?(?P<path>[^`]*)`)?")
+
+
+def describe_decode_error(detail: str) -> str:
+    """msgspec's "Expected `str`, got `int` - at `$.name`" -> "Field 'name' must be str, not int"."""
+    match = _TYPE_ERROR.search(detail)
+    if match and match["path"]:
+        return f"Field '{match['path']}' must be {match['want']}, not {match['got']}"
+    if match:
+        return "Request body must be a JSON object"
+    if "malformed" in detail.lower() or "json" in detail.lower() or "truncated" in detail.lower():
+        return "Request body is not valid JSON"
+    return "Request body must be a JSON object"
+
+
+def _validation_message(exc: ValidationException) -> str:
+    extra = exc.extra
+    details: list[str] = []
+    if isinstance(extra, list):
+        details = [str(item.get("message", "")) if isinstance(item, dict) else str(item) for item in extra]
+    elif extra:
+        details = [str(extra)]
+    details.append(str(exc.detail))
+    for detail in details:
+        message = describe_decode_error(detail)
+        if message != "Request body must be a JSON object":
+            return message
+    return "Request body must be a JSON object"
+
+
+def to_response(request: Request, exc: Exception) -> Response[bytes]:
+    if isinstance(exc, KromaError):
+        if exc.status >= 500:
+            log.error("internal error on %s %s: %s", request.method, request.url.path, exc.message)
+            return responses.error(Internal())
+        return responses.error(exc)
+    if isinstance(exc, IdempotencyMismatch):
+        return responses.error(
+            KromaError(
+                "Idempotency-Key was already used with a different request",
+                status=422,
+                code="idempotency_key_reused",
+            )
+        )
+    if isinstance(exc, ValidationException):
+        return responses.error(ValidationError(_validation_message(exc)))
+    if isinstance(exc, NotFoundException):
+        return responses.error(KromaError("Route not found", status=404, code="not_found"))
+    if isinstance(exc, MethodNotAllowedException):
+        return responses.error(KromaError("Method not allowed", status=405, code="method_not_allowed"))
+    if isinstance(exc, HTTPException) and exc.status_code == 400:
+        return responses.error(ValidationError(describe_decode_error(str(exc.detail))))
+    if isinstance(exc, HTTPException) and exc.status_code < 500:
+        return responses.error(KromaError(str(exc.detail), status=exc.status_code, code="invalid_request"))
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return responses.error(Internal())

@@ -1,0 +1,35 @@
+"""The contract's flat envelopes: {ok:true, ...} and {ok:false, error, error_kind, error_code}.
+
+Keys come out alphabetically sorted (as the reference's serde_json did), encoded once by msgspec.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Response
+
+from kroma.domain.errors import KromaError
+
+_encoder = msgspec.json.Encoder(order="sorted")
+JSON = "application/json"
+
+
+def ok(**payload: Any) -> Response[bytes]:
+    """Every success is a 200 (the contract has no 201 or 204)."""
+    return Response(_encoder.encode({"ok": True, **payload}), status_code=200, media_type=JSON)
+
+
+def error_body(message: str, kind: str, code: str) -> dict[str, Any]:
+    return {"ok": False, "error": message, "error_kind": kind, "error_code": code}
+
+
+def error(exc: KromaError) -> Response[bytes]:
+    return Response(
+        _encoder.encode(error_body(exc.message, exc.kind, exc.code)), status_code=exc.status, media_type=JSON
+    )
+
+
+def encode(value: Any) -> bytes:
+    return _encoder.encode(value)

@@ -1,0 +1,95 @@
+"""The audit trail over HTTP: the global log, one project's events, and a live SSE feed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, Router, get
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from kroma.domain.errors import NotFound
+from kroma.events.envelope import Event
+from kroma.http import responses
+from kroma.http.deps import project_row
+from kroma.http.params import int_param, limit_param
+from kroma.projections.event_index import project_positions
+from kroma.services import Services
+
+MAX_PAGE = 1000
+
+
+def event_view(event: Event) -> dict[str, Any]:
+    return msgspec.to_builtins(event)
+
+
+def _types(request: Request) -> list[str] | None:
+    raw = request.query_params.getall("type", [])
+    types = [t.strip() for value in raw for t in value.split(",") if t.strip()]
+    return types or None
+
+
+def _page(events: list[Event], after: int) -> dict[str, Any]:
+    return {
+        "count": len(events),
+        "events": [event_view(e) for e in events],
+        "next_after": events[-1].position if events else after,
+    }
+
+
+@get("/api/events")
+async def list_events(services: Services, request: Request) -> Response[bytes]:
+    """The global log from `after` (exclusive), oldest first; `type` filters (repeat or comma-list)."""
+    after = max(0, int_param(request, "after", 0))
+    events = await services.store.read_all(after, limit_param(request, 100, MAX_PAGE), _types(request))
+    return responses.ok(**_page(events, after))
+
+
+@get("/api/events/{ref:str}")
+async def show_event(ref: str, services: Services) -> Response[bytes]:
+    """One event by id or position."""
+    event = None
+    if ref.isdigit():
+        found = await services.store.read_positions([int(ref)])
+        event = found[0] if found else None
+    else:
+        event = await services.store.read_event(ref)
+    if event is None:
+        raise NotFound("Event not found")
+    return responses.ok(event=event_view(event))
+
+
+@get("/api/projects/{slug:str}/events")
+async def project_events(slug: str, services: Services, request: Request) -> Response[bytes]:
+    row = await project_row(services, slug)
+    after = max(0, int_param(request, "after", 0))
+    positions = await project_positions(
+        services.reader, row["id"], after, limit_param(request, 100, MAX_PAGE), _types(request)
+    )
+    events = await services.store.read_positions(positions)
+    return responses.ok(project_id=row["id"], **_page(events, after))
+
+
+@get("/api/events/stream")
+async def stream_events(services: Services, request: Request) -> ServerSentEvent:
+    """Server-Sent Events from `after` (or the Last-Event-ID header, which wins), then live."""
+    resume = request.headers.get("last-event-id", "").strip()
+    after = int(resume) if resume.isdigit() else max(0, int_param(request, "after", 0))
+    types = set(_types(request) or ())
+
+    async def feed() -> AsyncGenerator[ServerSentEventMessage, None]:
+        async for page in services.store.follow(after, page=500):
+            for event in page:
+                if types and event.type not in types:
+                    continue
+                yield ServerSentEventMessage(
+                    data=responses.encode(event_view(event)).decode(),
+                    id=str(event.position),
+                    event=event.type,
+                )
+
+    return ServerSentEvent(feed())
+
+
+router = Router("/", route_handlers=[list_events, stream_events, show_event, project_events], tags=["events"])

@@ -1,0 +1,14 @@
+"""Every projection the application runs. Add a read model here to have it built and rebuilt."""
+
+from __future__ import annotations
+
+from kroma.projections.base import Projection
+from kroma.projections.event_index import EventIndexProjection
+from kroma.projections.projects import ProjectsProjection
+
+
+def all_projections() -> list[Projection]:
+    return [
+        ProjectsProjection(),
+        EventIndexProjection(),
+    ]

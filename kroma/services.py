@@ -1,0 +1,43 @@
+"""The running application's parts, opened and closed together (server, CLI and tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kroma.clock import Clock
+from kroma.config import Settings
+from kroma.domain.handling import Commands
+from kroma.events.sqlite import SQLiteEventStore
+from kroma.projections.catalog import all_projections
+from kroma.projections.reader import ReadModels
+from kroma.projections.runner import ProjectionRunner
+
+
+@dataclass
+class Services:
+    settings: Settings
+    clock: Clock = field(default_factory=Clock)
+
+    def __post_init__(self) -> None:
+        self.store = SQLiteEventStore(self.settings.events_db, self.clock)
+        self.runner = ProjectionRunner(self.store, self.settings.readmodels_db, all_projections())
+        self.reader = ReadModels(self.settings.readmodels_db)
+        self.commands = Commands(self.store, self.clock)
+
+    async def open(self, follow: bool = True) -> None:
+        """Open the store and read models; with `follow`, catch up and keep projecting."""
+        self.settings.ensure_data_dir()
+        await self.store.open()
+        await self.runner.open()
+        await self.reader.open()
+        if follow:
+            await self.runner.start()
+
+    async def close(self) -> None:
+        await self.runner.close()
+        await self.reader.close()
+        await self.store.close()
+
+    async def settle(self, position: int) -> None:
+        """Wait until the read models show everything up to `position` (read-your-writes)."""
+        await self.runner.wait_for(position)
