@@ -6,11 +6,15 @@ from typing import Any
 
 from litestar import Request
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 
 from kroma.domain.aggregate import ProjectState
 from kroma.domain.errors import NotFound
 from kroma.domain.slugs import normalize_slug
 from kroma.services import Services
+
+# Handlers declare `services: ServicesDep` to receive the application's Services.
+ServicesDep = NamedDependency[Services]
 
 
 def get_services(state: State) -> Services:

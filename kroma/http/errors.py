@@ -35,17 +35,18 @@ def describe_decode_error(detail: str) -> str:
 
 
 def _validation_message(exc: ValidationException) -> str:
-    extra = exc.extra
-    details: list[str] = []
-    if isinstance(extra, list):
-        details = [str(item.get("message", "")) if isinstance(item, dict) else str(item) for item in extra]
-    elif extra:
-        details = [str(extra)]
-    details.append(str(exc.detail))
-    for detail in details:
-        message = describe_decode_error(detail)
-        if message != "Request body must be a JSON object":
-            return message
+    """Litestar reports decode failures as [{message, key, source}]; name the field when it can."""
+    extra = exc.extra if isinstance(exc.extra, list) else [exc.extra] if exc.extra else []
+    for item in extra:
+        if not isinstance(item, dict):
+            continue
+        message, key = str(item.get("message", "")), item.get("key")
+        match = _TYPE_ERROR.search(message)
+        if match and key and key != "data":
+            return f"Field '{key}' must be {match['want']}, not {match['got']}"
+        described = describe_decode_error(message)
+        if described != "Request body must be a JSON object":
+            return described
     return "Request body must be a JSON object"
 
 

@@ -7,15 +7,15 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, Router, get
+from litestar.params import FromPath
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from kroma.domain.errors import NotFound
 from kroma.events.envelope import Event
 from kroma.http import responses
-from kroma.http.deps import project_row
+from kroma.http.deps import ServicesDep, project_row
 from kroma.http.params import int_param, limit_param
 from kroma.projections.event_index import project_positions
-from kroma.services import Services
 
 MAX_PAGE = 1000
 
@@ -39,7 +39,7 @@ def _page(events: list[Event], after: int) -> dict[str, Any]:
 
 
 @get("/api/events")
-async def list_events(services: Services, request: Request) -> Response[bytes]:
+async def list_events(services: ServicesDep, request: Request) -> Response[bytes]:
     """The global log from `after` (exclusive), oldest first; `type` filters (repeat or comma-list)."""
     after = max(0, int_param(request, "after", 0))
     events = await services.store.read_all(after, limit_param(request, 100, MAX_PAGE), _types(request))
@@ -47,7 +47,7 @@ async def list_events(services: Services, request: Request) -> Response[bytes]:
 
 
 @get("/api/events/{ref:str}")
-async def show_event(ref: str, services: Services) -> Response[bytes]:
+async def show_event(ref: FromPath[str], services: ServicesDep) -> Response[bytes]:
     """One event by id or position."""
     event = None
     if ref.isdigit():
@@ -61,7 +61,7 @@ async def show_event(ref: str, services: Services) -> Response[bytes]:
 
 
 @get("/api/projects/{slug:str}/events")
-async def project_events(slug: str, services: Services, request: Request) -> Response[bytes]:
+async def project_events(slug: FromPath[str], services: ServicesDep, request: Request) -> Response[bytes]:
     row = await project_row(services, slug)
     after = max(0, int_param(request, "after", 0))
     positions = await project_positions(
@@ -72,7 +72,7 @@ async def project_events(slug: str, services: Services, request: Request) -> Res
 
 
 @get("/api/events/stream")
-async def stream_events(services: Services, request: Request) -> ServerSentEvent:
+async def stream_events(services: ServicesDep, request: Request) -> ServerSentEvent:
     """Server-Sent Events from `after` (or the Last-Event-ID header, which wins), then live."""
     resume = request.headers.get("last-event-id", "").strip()
     after = int(resume) if resume.isdigit() else max(0, int_param(request, "after", 0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Request, Response, Router, get, post, put
+from litestar.params import FromPath, JSONBody
 
 from kroma.domain import projects as domain
 from kroma.domain.aggregate import project_stream
@@ -10,7 +11,7 @@ from kroma.domain.handling import Decision, Outcome
 from kroma.domain.slugs import normalize_slug
 from kroma.events.envelope import Metadata
 from kroma.http import responses
-from kroma.http.deps import project_row, project_state
+from kroma.http.deps import ServicesDep, project_row, project_state
 from kroma.projections import projects as read
 from kroma.services import Services
 
@@ -22,14 +23,14 @@ async def _storage_payload(services: Services, row: dict) -> dict:
 
 
 @get("/")
-async def list_projects(services: Services, request: Request) -> Response[bytes]:
+async def list_projects(services: ServicesDep, request: Request) -> Response[bytes]:
     username = normalize_slug(request.query_params.get("username"))  # un-normalisable: ignored
     rows = await read.list_projects(services.reader, username)
     return responses.ok(count=len(rows), projects=[read.project_list_item(r) for r in rows])
 
 
 @post("/")
-async def upsert_project(data: domain.UpsertProject, services: Services) -> Response[bytes]:
+async def upsert_project(data: JSONBody[domain.UpsertProject], services: ServicesDep) -> Response[bytes]:
     target = domain.validate_upsert(data)
     commands = services.commands
 
@@ -53,7 +54,7 @@ async def upsert_project(data: domain.UpsertProject, services: Services) -> Resp
 
 
 @get("/{slug:str}")
-async def project_detail(slug: str, services: Services) -> Response[bytes]:
+async def project_detail(slug: FromPath[str], services: ServicesDep) -> Response[bytes]:
     row = await project_row(services, slug)
     counts = {}
     for key, sql in (
@@ -78,7 +79,7 @@ async def _count(services: Services, sql: str, project_id: str) -> int:
 
 
 @get("/{slug:str}/storage")
-async def get_storage(slug: str, services: Services) -> Response[bytes]:
+async def get_storage(slug: FromPath[str], services: ServicesDep) -> Response[bytes]:
     row = await project_row(services, slug)
     return responses.ok(project=read.project_summary(row), storage=await _storage_payload(services, row))
 
@@ -99,7 +100,7 @@ async def _storage_response(
 
 @put("/{slug:str}/storage/local")
 async def put_local_storage(
-    slug: str, data: domain.UpdateLocalStorage, services: Services
+    slug: FromPath[str], data: JSONBody[domain.UpdateLocalStorage], services: ServicesDep
 ) -> Response[bytes]:
     domain.check_local_storage(data)
     state = await project_state(services, slug)
@@ -110,7 +111,9 @@ async def put_local_storage(
 
 
 @put("/{slug:str}/storage/s3")
-async def put_s3_storage(slug: str, data: domain.UpdateS3Storage, services: Services) -> Response[bytes]:
+async def put_s3_storage(
+    slug: FromPath[str], data: JSONBody[domain.UpdateS3Storage], services: ServicesDep
+) -> Response[bytes]:
     state = await project_state(services, slug)
     outcome = await services.commands.on_project(
         state.id, lambda s, meta: [domain.decide_s3_storage(s, data, meta)]
