@@ -291,8 +291,9 @@ class KeyStore:
         async with self._lock:
             await db.execute("BEGIN IMMEDIATE")
             try:
+                params: tuple[str, ...] = ()
                 if ids is None:
-                    sql, params = f"{_SELECT} ORDER BY key_id", ()
+                    sql = f"{_SELECT} ORDER BY key_id"
                 else:
                     sql = f"{_SELECT} WHERE key_id IN (SELECT value FROM json_each(?)) ORDER BY key_id"
                     params = (json.dumps(ids),)
