@@ -212,7 +212,7 @@ def _text(value: Any) -> str:
 
 
 def _json_value(row: Mapping[str, Any], key: str) -> Any:
-    return row[key] if key in row else {}
+    return row.get(key, {})
 
 
 def export_project(project: Mapping[str, Any]) -> dict[str, Any]:

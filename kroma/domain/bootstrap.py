@@ -1,0 +1,110 @@
+"""Bootstrap prompt exchange (contract §4): the public surface.
+
+- Export (GET /bootstrap-prompt): `build_export(snapshot, generated_at)`; the prompt text comes from
+  `build_prompt(project, settings)`. Implemented in `bootstrap_prompt`.
+- Import (POST /bootstrap-import): `parse_import_request(body)` validates (400s before the 404), then
+  `preview(...)` for a dry run or `plan_import(...)` for a real import, then `import_response(...)`.
+  Implemented in `bootstrap_import`.
+
+A *snapshot* is the project's current settings as plain dicts in API-object shape:
+`{"project": {id, slug, name, description}, "provider_accounts": [...], "style_guides": [...],
+"characters": [...], "prompt_templates": [...], "reference_sets": [{id, project_id, name, description,
+created_at, updated_at, "items": [...]}], "secrets": [{project_id, provider_code, secret_name, has_value,
+updated_at}]}`. Everything here is pure: no I/O, no clock (callers pass `now` and `new_id`).
+"""
+
+from __future__ import annotations
+
+from kroma.domain.bootstrap_import import (
+    CharacterSpec,
+    CharacterUpsert,
+    Delete,
+    EntityKind,
+    ImportPlan,
+    ImportRequest,
+    ImportSettings,
+    Mode,
+    Operation,
+    ProjectPatch,
+    ProjectTouched,
+    ProjectUpdate,
+    PromptTemplateSpec,
+    PromptTemplateUpsert,
+    ProviderAccountSpec,
+    ProviderAccountUpsert,
+    ReferenceItem,
+    ReferenceItemSpec,
+    ReferenceItemsPurged,
+    ReferenceSetItemsReplaced,
+    ReferenceSetSpec,
+    ReferenceSetUpsert,
+    SecretMetadataCreated,
+    SecretMetadataTouched,
+    SecretSpec,
+    StyleGuideSpec,
+    StyleGuideUpsert,
+    compute_changes,
+    extract_json,
+    import_response,
+    parse_import_request,
+    plan_import,
+    preview,
+)
+from kroma.domain.bootstrap_prompt import (
+    EXPECTED_RESPONSE,
+    SCHEMA_VERSION,
+    SECTIONS,
+    build_export,
+    build_prompt,
+    expected_response,
+    export_project,
+    export_settings,
+    pretty_json,
+    read_ordered,
+)
+
+__all__ = [
+    "EXPECTED_RESPONSE",
+    "SCHEMA_VERSION",
+    "SECTIONS",
+    "CharacterSpec",
+    "CharacterUpsert",
+    "Delete",
+    "EntityKind",
+    "ImportPlan",
+    "ImportRequest",
+    "ImportSettings",
+    "Mode",
+    "Operation",
+    "ProjectPatch",
+    "ProjectTouched",
+    "ProjectUpdate",
+    "PromptTemplateSpec",
+    "PromptTemplateUpsert",
+    "ProviderAccountSpec",
+    "ProviderAccountUpsert",
+    "ReferenceItem",
+    "ReferenceItemSpec",
+    "ReferenceItemsPurged",
+    "ReferenceSetItemsReplaced",
+    "ReferenceSetSpec",
+    "ReferenceSetUpsert",
+    "SecretMetadataCreated",
+    "SecretMetadataTouched",
+    "SecretSpec",
+    "StyleGuideSpec",
+    "StyleGuideUpsert",
+    "build_export",
+    "build_prompt",
+    "compute_changes",
+    "expected_response",
+    "export_project",
+    "export_settings",
+    "extract_json",
+    "import_response",
+    "parse_import_request",
+    "plan_import",
+    "pretty_json",
+    "preview",
+    "read_ordered",
+]
