@@ -3,4 +3,11 @@ registered before any state is folded. Add a feature module here."""
 
 from __future__ import annotations
 
-from kroma.domain import projects  # noqa: F401
+from kroma.domain import (  # noqa: F401
+    characters,
+    projects,
+    prompt_templates,
+    provider_accounts,
+    reference_sets,
+    style_guides,
+)

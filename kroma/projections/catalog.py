@@ -5,10 +5,12 @@ from __future__ import annotations
 from kroma.projections.base import Projection
 from kroma.projections.event_index import EventIndexProjection
 from kroma.projections.projects import ProjectsProjection
+from kroma.projections.records import record_projections
 
 
 def all_projections() -> list[Projection]:
     return [
         ProjectsProjection(),
         EventIndexProjection(),
+        *record_projections(),
     ]

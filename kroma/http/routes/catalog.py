@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from kroma.http.routes import events, health, projects
+from kroma.http.routes import (
+    characters,
+    events,
+    health,
+    projects,
+    prompt_templates,
+    provider_accounts,
+    reference_sets,
+    style_guides,
+)
 
 
 def all_routes() -> list[Any]:
@@ -12,4 +21,10 @@ def all_routes() -> list[Any]:
         health.health,
         projects.router,
         events.router,
+        provider_accounts.router,
+        style_guides.router,
+        characters.router,
+        reference_sets.sets_router,
+        reference_sets.items_router,
+        prompt_templates.router,
     ]

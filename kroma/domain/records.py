@@ -1,0 +1,176 @@
+"""Records a project owns (style guides, characters, prompt templates, reference sets and their
+items, provider accounts): the shared shape of their values, decisions and evolvers.
+
+A `RecordKind` describes one entity: its body fields in the contract's order, which text fields
+are required, and the defaults of its non-text fields. From it come
+
+- `create_values` / `update_patch` (checks that need no state, so they run before any lookup),
+  `check_patch` (required text must not be blanked; runs after the lookup);
+- the decisions for records with a per-project, case-sensitive unique name (`decide_create`,
+  `decide_update`, `decide_delete`);
+- the evolvers (`register`): `<entity>.created|replaced|updated|deleted` keep
+  `state.items(kind.collection)` as a dict key -> field values.
+
+Event data is `{"project_id", <kind.key>, **fields}`; `updated` carries only the changed fields.
+Text is stored trimmed, with "" for an absent optional value (the contract never returns null).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from kroma.domain.aggregate import ProjectState, evolves, project_stream
+from kroma.domain.errors import NotFound, ValidationError, at_least_one, required
+from kroma.events.envelope import Metadata, NewEvent
+
+
+@dataclass(frozen=True)
+class RecordKind:
+    entity: str  # event type prefix and response key: "style_guide"
+    collection: str  # ProjectState collection and read-model table: "style_guides"
+    title: str  # "Style guide" -> "Style guide not found", "Style guide name already exists"
+    fields: tuple[str, ...]  # body fields, in the order "Provide at least one of: ..." lists them
+    required: frozenset[str] = frozenset()  # text that must be non-empty
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # non-text fields -> create default
+    scope: tuple[str, ...] = ()  # fixed at creation, not body fields (an item's reference_set_id)
+    key: str = ""  # the data key of the record's identity; "<entity>_id" when empty
+
+    @property
+    def id_key(self) -> str:
+        return self.key or f"{self.entity}_id"
+
+    @property
+    def not_found(self) -> str:
+        return f"{self.title} not found"
+
+    @property
+    def duplicate(self) -> str:
+        return f"{self.title} name already exists"
+
+    def event_type(self, verb: str) -> str:
+        return f"{self.entity}.{verb}"
+
+    def is_text(self, name: str) -> bool:
+        return name not in self.defaults
+
+
+# -- values (no state needed) ---------------------------------------------------------------------
+
+
+def _clean(kind: RecordKind, name: str, value: Any) -> Any:
+    return value.strip() if kind.is_text(name) else value
+
+
+def create_values(kind: RecordKind, cmd: msgspec.Struct) -> dict[str, Any]:
+    """Every field of a new record: trimmed text (required ones non-empty, checked in field
+    order), defaults for what is absent (JSON null counts as absent)."""
+    values: dict[str, Any] = {}
+    for name in kind.fields:
+        raw = getattr(cmd, name)
+        if not kind.is_text(name):
+            values[name] = copy.deepcopy(kind.defaults[name]) if raw is None else raw
+            continue
+        values[name] = (raw or "").strip()
+        if name in kind.required and not values[name]:
+            raise required(name)
+    return values
+
+
+def update_patch(kind: RecordKind, cmd: msgspec.Struct) -> dict[str, Any]:
+    """The provided fields of a partial update (null counts as absent), text trimmed. Nothing
+    provided is the contract's "Provide at least one of" 400, before any lookup."""
+    patch = {
+        name: _clean(kind, name, getattr(cmd, name)) for name in kind.fields if getattr(cmd, name) is not None
+    }
+    if not patch:
+        raise at_least_one(*kind.fields)
+    return patch
+
+
+def check_patch(kind: RecordKind, patch: Mapping[str, Any]) -> None:
+    """A required text field may be changed but not blanked (checked after the lookups)."""
+    for name in kind.fields:
+        if name in kind.required and patch.get(name) == "":
+            raise required(name)
+
+
+# -- decisions for records with a unique name ------------------------------------------------------
+
+
+def find(kind: RecordKind, state: ProjectState, key: str) -> dict[str, Any]:
+    record = state.items(kind.collection).get(key)
+    if record is None:
+        raise NotFound(kind.not_found)
+    return record
+
+
+def _ensure_unique_name(kind: RecordKind, state: ProjectState, name: str, own_key: str | None) -> None:
+    for key, record in state.items(kind.collection).items():
+        if key != own_key and record["name"] == name:  # case-sensitive, like the reference
+            raise ValidationError(kind.duplicate)
+
+
+def event(
+    kind: RecordKind, verb: str, state: ProjectState, key: str, data: Mapping[str, Any], meta: Metadata
+) -> NewEvent:
+    """`<entity>.<verb>` on the project's stream, about the record at `key`."""
+    return NewEvent(
+        project_stream(state.id),
+        kind.event_type(verb),
+        {"project_id": state.id, kind.id_key: key, **data},
+        meta,
+    )
+
+
+def decide_create(
+    kind: RecordKind, state: ProjectState, values: Mapping[str, Any], new_id: str, meta: Metadata
+) -> NewEvent:
+    _ensure_unique_name(kind, state, values["name"], None)
+    return event(kind, "created", state, new_id, values, meta)
+
+
+def decide_update(
+    kind: RecordKind, state: ProjectState, key: str, patch: Mapping[str, Any], meta: Metadata
+) -> NewEvent:
+    find(kind, state, key)
+    check_patch(kind, patch)
+    if "name" in patch:
+        _ensure_unique_name(kind, state, patch["name"], key)
+    return event(kind, "updated", state, key, patch, meta)
+
+
+def decide_delete(kind: RecordKind, state: ProjectState, key: str, meta: Metadata) -> NewEvent:
+    find(kind, state, key)
+    return event(kind, "deleted", state, key, {}, meta)
+
+
+# -- evolvers ----------------------------------------------------------------------------------------
+
+
+def register(kind: RecordKind) -> RecordKind:
+    """Fold the kind's events into `state.items(kind.collection)`. Every evolver is an assignment,
+    so folding an already-applied suffix of the stream again leaves the same state."""
+
+    def values(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in d.items() if k not in ("project_id", kind.id_key)}
+
+    @evolves(kind.event_type("created"), kind.event_type("replaced"))
+    def _set(state: ProjectState, d: dict[str, Any], _e: Any) -> None:
+        state.items(kind.collection)[d[kind.id_key]] = values(d)
+
+    @evolves(kind.event_type("updated"))
+    def _update(state: ProjectState, d: dict[str, Any], _e: Any) -> None:
+        record = state.items(kind.collection).get(d[kind.id_key])
+        if record is not None:
+            record.update(values(d))
+
+    @evolves(kind.event_type("deleted"))
+    def _delete(state: ProjectState, d: dict[str, Any], _e: Any) -> None:
+        state.items(kind.collection).pop(d[kind.id_key], None)
+
+    return kind
