@@ -28,10 +28,14 @@ class Services:
         """Open the store and read models; with `follow`, catch up and keep projecting."""
         self.settings.ensure_data_dir()
         await self.store.open()
-        await self.runner.open()
-        await self.reader.open()
-        if follow:
-            await self.runner.start()
+        try:
+            await self.runner.open()
+            await self.reader.open()
+            if follow:
+                await self.runner.start()
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         await self.runner.close()

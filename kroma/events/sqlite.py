@@ -195,10 +195,7 @@ class SQLiteEventStore:
                 if self._closing:
                     return
                 continue
-            try:
-                outcomes = await dbthread.run(self._writer_conn, self._write_batch, batch)
-            except Exception as exc:  # an I/O failure fails the whole batch; nothing was written
-                outcomes = [exc] * len(batch)
+            outcomes = await self._write(batch)
             for item, outcome in zip(batch, outcomes, strict=True):
                 if item.future.done():
                     continue
@@ -211,6 +208,20 @@ class SQLiteEventStore:
             self._committed = asyncio.Event()
             if self._pending or self._closing:  # close() may have set _wake before we cleared it
                 self._wake.set()
+
+    async def _write(self, batch: list[_Command | _SaveResponse]) -> list[Any]:
+        """Write a batch in one transaction. If the database itself refuses it (a constraint the
+        in-memory plan could not foresee, such as a reused event id), nothing was written: retry
+        each command alone so only the offending one fails."""
+        assert self._writer_conn is not None
+        try:
+            return await dbthread.run(self._writer_conn, self._write_batch, batch)
+        except sqlite3.IntegrityError as exc:
+            if len(batch) == 1:
+                return [exc]
+            return [(await self._write([item]))[0] for item in batch]
+        except Exception as exc:  # an I/O failure fails the whole batch; nothing was written
+            return [exc] * len(batch)
 
     def _load_head(self, db: sqlite3.Connection) -> None:
         row = db.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1").fetchone()

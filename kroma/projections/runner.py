@@ -74,11 +74,13 @@ class ProjectionRunner:
         def prepare(db: sqlite3.Connection) -> None:
             db.execute(CHECKPOINTS.strip().rstrip(";"))
             stored = dict(db.execute("SELECT name, version FROM checkpoints").fetchall())
+            existing = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             for p in self.projections:
-                if stored.get(p.name) not in (None, p.version):
-                    self._drop(db, p)
+                if stored.get(p.name) == p.version and existing.issuperset(p.tables):
+                    continue
+                self._drop(db, p)
                 self._create(db, p)
-                db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?, ?, 0)", (p.name, p.version))
+                db.execute("INSERT INTO checkpoints VALUES (?, ?, 0)", (p.name, p.version))
 
         dbthread.in_transaction(db, prepare)
 

@@ -150,11 +150,6 @@ async def test_a_command_reusing_an_event_id_fails_writes_nothing_and_the_writer
     assert await store.verify_chain() == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a UNIQUE(event_id) violation is raised by the batch INSERT, so it fails every command "
-    "group-committed with it, not only the one that reused the id",
-)
 async def test_a_command_reusing_an_event_id_fails_alone_in_its_batch(store: SQLiteEventStore) -> None:
     await store.append([NewEvent("a", "T", {}, event_id="e-1")])
 

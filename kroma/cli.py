@@ -1,0 +1,188 @@
+"""The `kroma` console script: serve, read the event log, manage projections."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+import msgspec
+
+from kroma.config import Settings, load_settings
+from kroma.services import Services
+
+T = TypeVar("T")
+
+data_dir_option = click.option(
+    "--data-dir", envvar="KROMA_DATA_DIR", default=None, help="Data folder (env KROMA_DATA_DIR)."
+)
+
+
+def _settings(data_dir: str | None, **extra: Any) -> Settings:
+    return load_settings(data_dir=data_dir, **extra)
+
+
+def _with_services(settings: Settings, fn: Callable[[Services], Awaitable[T]], follow: bool = False) -> T:
+    async def main() -> T:
+        services = Services(settings)
+        await services.open(follow=follow)
+        try:
+            return await fn(services)
+        finally:
+            await services.close()
+
+    return asyncio.run(main())
+
+
+def _print_json(value: Any) -> None:
+    click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
+
+
+@click.group()
+def main() -> None:
+    """Kroma: project-first, event-sourced AI image production backend."""
+
+
+@main.command()
+@data_dir_option
+@click.option("--bind", envvar="KROMA_BIND", default=None, help="HOST:PORT (env KROMA_BIND).")
+def serve(data_dir: str | None, bind: str | None) -> None:
+    """Start the HTTP server (default 127.0.0.1:8788)."""
+    import uvicorn
+
+    from kroma.http.app import create_app
+
+    settings = _settings(data_dir, bind=bind)
+    settings.ensure_data_dir()
+    host, port = settings.host_port
+    click.echo(f"kroma: data in {settings.data_path}, listening on http://{host}:{port} (docs at /docs)")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+
+
+# -- events ----------------------------------------------------------------------------------------
+
+
+@main.group()
+def events() -> None:
+    """Read the event log (the audit trail)."""
+
+
+def _event_line(e: Any) -> str:
+    return f"{e.position:>8}  {e.recorded_at}  {e.type:<32} {e.stream_id}"
+
+
+@events.command("list")
+@data_dir_option
+@click.option("--after", default=0, show_default=True, help="Start after this position.")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--type", "types", multiple=True, help="Only these event types (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print events as JSON.")
+def events_list(data_dir: str | None, after: int, limit: int, types: tuple[str, ...], as_json: bool) -> None:
+    """List events after a position."""
+    found = _with_services(_settings(data_dir), lambda s: s.store.read_all(after, limit, list(types) or None))
+    if as_json:
+        _print_json(found)
+        return
+    for event in found:
+        click.echo(_event_line(event))
+
+
+@events.command("show")
+@data_dir_option
+@click.argument("ref")
+def events_show(data_dir: str | None, ref: str) -> None:
+    """Show one event by position or event id."""
+
+    async def find(s: Services) -> Any:
+        if ref.isdigit():
+            found = await s.store.read_positions([int(ref)])
+            return found[0] if found else None
+        return await s.store.read_event(ref)
+
+    event = _with_services(_settings(data_dir), find)
+    if event is None:
+        raise click.ClickException(f"no event {ref}")
+    _print_json(event)
+
+
+@events.command("tail")
+@data_dir_option
+@click.option("--after", default=None, type=int, help="Start after this position (default: the head).")
+def events_tail(data_dir: str | None, after: int | None) -> None:
+    """Follow the log live (Ctrl-C to stop)."""
+
+    async def tail(s: Services) -> None:
+        start = after if after is not None else await s.store.head()
+        async for page in s.store.follow(start):
+            for event in page:
+                click.echo(_event_line(event))
+
+    try:
+        _with_services(_settings(data_dir), tail)
+    except KeyboardInterrupt:
+        pass
+
+
+@events.command("verify")
+@data_dir_option
+def events_verify(data_dir: str | None) -> None:
+    """Check the hash chain over the whole log."""
+    head = _with_services(_settings(data_dir), lambda s: s.store.verify_chain())
+    click.echo(f"hash chain intact through position {head}")
+
+
+# -- projections -----------------------------------------------------------------------------------
+
+
+@main.group()
+def projections() -> None:
+    """Inspect and rebuild read models."""
+
+
+@projections.command("status")
+@data_dir_option
+def projections_status(data_dir: str | None) -> None:
+    """Each projection's checkpoint against the log head."""
+
+    async def status(s: Services) -> tuple[int, dict[str, int]]:
+        return await s.store.head(), await s.runner.checkpoints()
+
+    head, checkpoints = _with_services(_settings(data_dir), status)
+    click.echo(f"log head: {head}")
+    for name, position in sorted(checkpoints.items()):
+        lag = head - position
+        click.echo(f"  {name:<24} {position:>10}  {'up to date' if lag == 0 else f'{lag} behind'}")
+
+
+@projections.command("rebuild")
+@data_dir_option
+@click.argument("name", required=False)
+def projections_rebuild(data_dir: str | None, name: str | None) -> None:
+    """Drop read models (all, or NAME) and rebuild them from position zero."""
+
+    async def rebuild(s: Services) -> int:
+        if name is not None:
+            try:
+                s.runner.by_name(name)
+            except KeyError:
+                known = ", ".join(p.name for p in s.runner.projections)
+                raise click.ClickException(f"unknown projection {name!r} (known: {known})") from None
+        head = await s.store.head()
+        with click.progressbar(length=max(head, 1), label="rebuilding", file=sys.stderr) as bar:
+            done = 0
+
+            def progress(position: int, _head: int) -> None:
+                nonlocal done
+                bar.update(position - done)
+                done = position
+
+            return await s.runner.rebuild([name] if name else None, progress)
+
+    position = _with_services(_settings(data_dir), rebuild)
+    click.echo(f"rebuilt {name or 'all projections'} through position {position}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
