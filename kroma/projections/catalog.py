@@ -6,6 +6,7 @@ from kroma.projections.base import Projection
 from kroma.projections.event_index import EventIndexProjection
 from kroma.projections.projects import ProjectsProjection
 from kroma.projections.records import record_projections
+from kroma.projections.runs import RunsProjection
 
 
 def all_projections() -> list[Projection]:
@@ -13,4 +14,5 @@ def all_projections() -> list[Projection]:
         ProjectsProjection(),
         EventIndexProjection(),
         *record_projections(),
+        RunsProjection(),
     ]

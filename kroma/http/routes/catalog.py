@@ -12,6 +12,7 @@ from kroma.http.routes import (
     prompt_templates,
     provider_accounts,
     reference_sets,
+    runs,
     style_guides,
 )
 
@@ -27,4 +28,5 @@ def all_routes() -> list[Any]:
         reference_sets.sets_router,
         reference_sets.items_router,
         prompt_templates.router,
+        runs.router,
     ]
