@@ -4,6 +4,7 @@ registered before any state is folded. Add a feature module here."""
 from __future__ import annotations
 
 from kroma.domain import (  # noqa: F401
+    asset_links,
     characters,
     projects,
     prompt_templates,

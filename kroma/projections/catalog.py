@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from kroma.projections.agent_instructions import AgentInstructionsProjection
+from kroma.projections.asset_links import AssetLinksProjection
 from kroma.projections.base import Projection
+from kroma.projections.chat import ChatProjection
 from kroma.projections.event_index import EventIndexProjection
 from kroma.projections.projects import ProjectsProjection
 from kroma.projections.records import record_projections
@@ -15,4 +18,7 @@ def all_projections() -> list[Projection]:
         EventIndexProjection(),
         *record_projections(),
         RunsProjection(),
+        ChatProjection(),
+        AgentInstructionsProjection(),
+        AssetLinksProjection(),
     ]

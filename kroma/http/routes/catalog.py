@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from kroma.http.routes import (
+    agent_instructions,
+    asset_links,
     characters,
+    chat,
     events,
     health,
     projects,
@@ -29,4 +32,7 @@ def all_routes() -> list[Any]:
         reference_sets.items_router,
         prompt_templates.router,
         runs.router,
+        asset_links.router,
+        chat.router,
+        agent_instructions.router,
     ]
