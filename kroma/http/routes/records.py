@@ -29,10 +29,13 @@ from kroma.services import Services
 async def settled_view(
     services: Services, outcome: Outcome, table: RecordProjection, project_id: str, key: str, **scope: str
 ) -> dict[str, Any]:
-    """The record as the read model shows it once it reflects the command (read-your-writes)."""
+    """The record as the read model shows it once it reflects the command (read-your-writes).
+
+    A later command may already have deleted it again: then it is not found, like any read."""
     await services.settle(outcome.append.last_position)
     view = await table.one(services.reader, project_id, key, **scope)
-    assert view is not None, "a record written by a command is in its read model"
+    if view is None:
+        raise NotFound(table.kind.not_found)
     return view
 
 
