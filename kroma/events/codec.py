@@ -33,13 +33,7 @@ def link(prev_hash: bytes, header: bytes, data: bytes, metadata: bytes) -> bytes
     The header carries the position, so editing, dropping or reordering any event breaks every
     later link.
     """
-    h = hashlib.sha256(prev_hash)
-    h.update(header)
-    h.update(b"\n")
-    h.update(data)
-    h.update(b"\n")
-    h.update(metadata)
-    return h.digest()
+    return hashlib.sha256(b"".join((prev_hash, header, b"\n", data, b"\n", metadata))).digest()
 
 
 class ChainBreak(Exception):

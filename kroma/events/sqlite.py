@@ -269,6 +269,7 @@ class SQLiteEventStore:
 
     def _plan(self, db: sqlite3.Connection, batch: list[_Command | _SaveResponse]) -> tuple:
         """Decide every command of the batch under the write lock and build the rows to insert."""
+        self._prefetch_versions(db, batch)
         position, prev_hash = self._state.head_position, self._state.head_hash
         outcomes: list[Any] = []
         event_rows: list[tuple] = []
@@ -322,6 +323,30 @@ class SQLiteEventStore:
                 idem_rows.append((item.key, item.fingerprint, codec.encode(result)))
             outcomes.append(result)
         return outcomes, event_rows, idem_rows, responses, batch_versions
+
+    def _prefetch_versions(self, db: sqlite3.Connection, batch: list[_Command | _SaveResponse]) -> None:
+        """Load the versions of every stream the batch touches that the cache lacks, in a few
+        queries rather than one per stream (new streams are the common case for creates)."""
+        known = self._state.versions
+        missing = {
+            row[1] for item in batch if isinstance(item, _Command) for row in item.rows if row[1] not in known
+        }
+        missing.update(
+            sid for item in batch if isinstance(item, _Command) for sid in item.expected if sid not in known
+        )
+        if not missing:
+            return
+        ids = list(missing)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(
+                f"SELECT stream_id, max(stream_version) FROM events WHERE stream_id IN ({marks}) GROUP BY stream_id",
+                chunk,
+            ).fetchall()
+            found = dict(rows)
+            for sid in chunk:
+                known[sid] = found.get(sid, 0)
 
     @staticmethod
     def _lookup_key(db: sqlite3.Connection, key: str) -> tuple[str, AppendResult] | None:
