@@ -6,6 +6,7 @@ functions in the feature modules); this module only loads state and appends what
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ class Commands:
         self.clock = clock
         self._projects: dict[str, tuple[int, ProjectState | None]] = {}
         self._slugs: dict[str, str] = {}
+        self._load_locks: dict[str, asyncio.Lock] = {}
 
     def metadata(self, correlation_id: str, causation_id: str | None = None) -> Metadata:
         ctx = current_request.get()
@@ -105,13 +107,16 @@ class Commands:
     async def load_project(self, project_id: str) -> tuple[ProjectState | None, int]:
         """The project's current state and stream version (0 and None when it does not exist)."""
         stream = project_stream(project_id)
-        version, state = self._projects.get(stream, (0, None))
-        events = await self.store.read_stream(stream, after_version=version)
-        if events:
-            state = fold(state, events)
-            version = events[-1].stream_version
-            self._projects[stream] = (version, state)
-        return state, version
+        # One loader per stream at a time: two loaders folding the same new events into the
+        # shared cached state would apply them twice.
+        async with self._load_locks.setdefault(stream, asyncio.Lock()):
+            version, state = self._projects.get(stream, (0, None))
+            events = await self.store.read_stream(stream, after_version=version)
+            if events:
+                state = fold(state, events)
+                version = events[-1].stream_version
+                self._projects[stream] = (version, state)
+            return state, version
 
     async def project_by_slug(self, slug: str | None) -> tuple[ProjectState | None, int]:
         project_id = await self.project_id_for_slug(slug)
