@@ -7,8 +7,18 @@ from pathlib import Path
 
 from kroma.clock import Clock
 from kroma.domain import projects
+from kroma.domain.aggregate import evolves, project_stream
 from kroma.domain.handling import Commands
-from kroma.events.envelope import Metadata
+from kroma.events.envelope import Metadata, NewEvent
+
+
+@evolves("test_tick.counted")
+def _count(state, _data, _event) -> None:
+    """Not idempotent on purpose: folding an event twice shows up in the count."""
+    tally = state.items("test_ticks").setdefault("n", {"count": 0})
+    tally["count"] += 1
+
+
 from kroma.events.sqlite import SQLiteEventStore
 
 
@@ -21,12 +31,11 @@ async def test_concurrent_loads_fold_each_new_event_exactly_once(tmp_path: Path)
         state, _ = await commands.load_project("p1")
         assert state is not None
         # Appended behind the cache's back: every loader below sees the same new events.
-        for i in range(5):
-            update = projects.UpdateLocalStorage(base_dir=f"dir{i}")
-            await store.append([projects.decide_local_storage(state, update, Metadata())])
+        for _ in range(5):
+            await store.append([NewEvent(project_stream("p1"), "test_tick.counted", {"project_id": "p1"})])
         loaded = await asyncio.gather(*(commands.load_project("p1") for _ in range(20)))
         assert {version for _, version in loaded} == {6}
-        assert loaded[0][0] is not None and loaded[0][0].storage["local_base_dir"] == "dir4"
+        assert loaded[0][0] is not None and loaded[0][0].items("test_ticks")["n"]["count"] == 5
 
 
 async def test_slug_lookup_normalises_and_finds_the_project(tmp_path: Path) -> None:
