@@ -11,7 +11,7 @@ from typing import Any
 
 from litestar.testing import TestClient
 
-from kroma.clock import Clock
+from kroma.clock import Clock, iso_micro
 from kroma.config import Settings
 from kroma.events.envelope import NewEvent
 from kroma.events.store import AppendResult
@@ -47,6 +47,9 @@ class ManualClock(Clock):
 
     def now(self) -> datetime:
         return self.current
+
+    def now_iso(self) -> str:  # the store's `recorded_at`
+        return iso_micro(self.current)
 
     def advance(self, seconds: float = 1.0) -> None:
         self.current += timedelta(seconds=seconds)
