@@ -57,7 +57,8 @@ COLUMNS = (
 
 _meta_decoder = msgspec.json.Decoder(Metadata)
 _result_decoder = msgspec.json.Decoder(AppendResult)
-_EMPTY_META = codec.encode(Metadata())
+_NO_METADATA = Metadata()
+_EMPTY_META = codec.encode(_NO_METADATA)
 
 
 @dataclass(slots=True)
@@ -167,7 +168,7 @@ class SQLiteEventStore:
                 e.type,
                 e.schema_version,
                 codec.encode(e.data),
-                codec.encode(e.metadata) if e.metadata != Metadata() else _EMPTY_META,
+                _EMPTY_META if e.metadata == _NO_METADATA else codec.encode(e.metadata),
                 now,
             )
             for e in events
