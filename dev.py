@@ -2,6 +2,7 @@
 """Set up and run Kroma with nothing but Python 3.11+.
 
     python3 dev.py serve     # create .venv, install, start the server on 127.0.0.1:8788
+                             # (a demo project is created on a fresh data folder)
     python3 dev.py test      # create .venv, install, run the whole test suite
     python3 dev.py <args>    # anything else is passed to the `kroma` CLI inside the venv
 
@@ -24,7 +25,7 @@ STAMP = VENV / ".kroma-installed"
 
 
 def ensure_venv() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 (dev.py may be started by an older python3)
         sys.exit("Kroma needs Python 3.11 or newer")
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted:
@@ -46,7 +47,9 @@ def main(argv: list[str]) -> int:
         return subprocess.call([str(BIN / "python"), "-m", "pytest", *argv[1:]])
     if command == "lint":
         return subprocess.call([str(BIN / "ruff"), "check", "."])
-    return subprocess.call([str(BIN / "kroma"), *argv] if argv else [str(BIN / "kroma"), "serve"])
+    if command == "serve":  # the set-up command: a demo project on a fresh data folder
+        return subprocess.call([str(BIN / "kroma"), "serve", "--demo", *argv[1:]])
+    return subprocess.call([str(BIN / "kroma"), *argv])
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -48,7 +49,8 @@ def main() -> None:
 @main.command()
 @data_dir_option
 @click.option("--bind", envvar="KROMA_BIND", default=None, help="HOST:PORT (env KROMA_BIND).")
-def serve(data_dir: str | None, bind: str | None) -> None:
+@click.option("--demo", is_flag=True, help="On an empty log, first create a demo project (demo_comic).")
+def serve(data_dir: str | None, bind: str | None, demo: bool) -> None:
     """Start the HTTP server (default 127.0.0.1:8788)."""
     import uvicorn
 
@@ -56,6 +58,12 @@ def serve(data_dir: str | None, bind: str | None) -> None:
 
     settings = _settings(data_dir, bind=bind)
     settings.ensure_data_dir()
+    if demo:
+        from kroma.demo import seed_demo
+
+        created = asyncio.run(seed_demo(settings))
+        if created:
+            click.echo(f"kroma: created the demo project 'demo_comic' ({len(created)} requests)")
     host, port = settings.host_port
     click.echo(f"kroma: data in {settings.data_path}, listening on http://{host}:{port} (docs at /docs)")
     uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
@@ -119,10 +127,8 @@ def events_tail(data_dir: str | None, after: int | None) -> None:
             for event in page:
                 click.echo(_event_line(event))
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         _with_services(_settings(data_dir), tail)
-    except KeyboardInterrupt:
-        pass
 
 
 @events.command("verify")
