@@ -10,6 +10,7 @@ from kroma.domain import projects
 from kroma.domain.aggregate import evolves, project_stream
 from kroma.domain.handling import Commands
 from kroma.events.envelope import Metadata, NewEvent
+from kroma.events.sqlite import SQLiteEventStore
 
 
 @evolves("test_tick.counted")
@@ -17,9 +18,6 @@ def _count(state, _data, _event) -> None:
     """Not idempotent on purpose: folding an event twice shows up in the count."""
     tally = state.items("test_ticks").setdefault("n", {"count": 0})
     tally["count"] += 1
-
-
-from kroma.events.sqlite import SQLiteEventStore
 
 
 async def test_concurrent_loads_fold_each_new_event_exactly_once(tmp_path: Path) -> None:
