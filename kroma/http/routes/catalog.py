@@ -7,6 +7,7 @@ from typing import Any
 from kroma.http.routes import (
     agent_instructions,
     asset_links,
+    bootstrap,
     characters,
     chat,
     events,
@@ -24,6 +25,7 @@ def all_routes() -> list[Any]:
     return [
         health.health,
         projects.router,
+        bootstrap.router,
         events.router,
         provider_accounts.router,
         style_guides.router,

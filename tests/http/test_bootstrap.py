@@ -1,0 +1,745 @@
+"""Bootstrap prompt exchange over HTTP (contract §4, §7 bootstrap_endpoints, §10 items 10-11): the export
+from the read models, the import as one atomic batch of the record routes' own events."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import sqlite3
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+from kroma.domain import bootstrap_commands
+from kroma.domain.bootstrap import EXPECTED_RESPONSE, Delete, build_prompt
+from tests.http.log_seed import services_of
+from tests.http.records_support import assert_error, dump_read_models, ok, project_events, race
+
+SLUG = "bootstrap_demo"
+BASE = f"/api/projects/{SLUG}"
+EXPORT = f"{BASE}/bootstrap-prompt"
+IMPORT = f"{BASE}/bootstrap-import"
+SECTIONS = (
+    "provider_accounts",
+    "style_guides",
+    "characters",
+    "reference_sets",
+    "secrets",
+    "prompt_templates",
+)
+SECONDS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+def export_of(client: TestClient, base: str = BASE) -> dict[str, Any]:
+    return ok(client.get(f"{base}/bootstrap-prompt"))["bootstrap"]
+
+
+def do_import(client: TestClient, body: dict[str, Any], base: str = BASE) -> dict[str, Any]:
+    return ok(client.post(f"{base}/bootstrap-import", json=body))
+
+
+def head(client: TestClient) -> int:
+    return client.blocking_portal.call(services_of(client).store.head)
+
+
+def all_events(client: TestClient, after: int = 0) -> list[dict[str, Any]]:
+    return ok(client.get("/api/events", params={"after": after, "limit": 1000}))["events"]
+
+
+def item_rows(client: TestClient, project_id: str) -> list[dict[str, Any]]:
+    return client.blocking_portal.call(
+        services_of(client).reader.all,
+        "SELECT * FROM reference_set_items WHERE project_id = ? ORDER BY label",
+        (project_id,),
+    )
+
+
+def seed(client: TestClient, slug: str = SLUG) -> dict[str, Any]:
+    """The reference's seeded project: one row in every record section, plus an orphan item (its set
+    deleted) that the export does not show."""
+    project = ok(client.post("/api/projects", json={"name": "Bootstrap Demo", "slug": slug}))["project"]
+    base = f"/api/projects/{slug}"
+    ok(
+        client.post(
+            f"{base}/provider-accounts", json={"provider_code": "openai", "display_name": "Old Provider"}
+        )
+    )
+    ok(
+        client.post(
+            f"{base}/style-guides",
+            json={"name": "Old Style", "instructions": "Old instructions", "notes": "legacy"},
+        )
+    )
+    ok(client.post(f"{base}/prompt-templates", json={"name": "Old Template", "template_text": "Old text"}))
+    ok(
+        client.post(
+            f"{base}/characters",
+            json={
+                "name": "Protagonist",
+                "description": "Legacy character description",
+                "prompt_text": "Legacy character prompt",
+            },
+        )
+    )
+    legacy = ok(
+        client.post(
+            f"{base}/reference-sets",
+            json={"name": "Legacy References", "description": "Seed set for bootstrap export"},
+        )
+    )["reference_set"]
+    ok(
+        client.post(
+            f"{base}/reference-sets/{legacy['id']}/items",
+            json={
+                "label": "Hero Face",
+                "content_text": "Legacy face reference notes",
+                "sort_order": 1,
+                "metadata_json": {"source": "legacy"},
+            },
+        )
+    )
+    gone = ok(client.post(f"{base}/reference-sets", json={"name": "Gone"}))["reference_set"]
+    ok(
+        client.post(
+            f"{base}/reference-sets/{gone['id']}/items", json={"label": "Orphan", "content_text": "t"}
+        )
+    )
+    ok(client.delete(f"{base}/reference-sets/{gone['id']}"))
+    return project
+
+
+FULL_REPLACE: dict[str, Any] = {
+    "mode": "replace",
+    "settings": {
+        "project": {"name": "Bootstrap Demo v2", "description": "Imported via bootstrap payload"},
+        "provider_accounts": [
+            {
+                "provider_code": "openai",
+                "display_name": "OpenAI Primary",
+                "base_url": "https://api.openai.com/v1",
+                "enabled": True,
+                "config_json": {"model": "gpt-image-1"},
+            }
+        ],
+        "style_guides": [
+            {"name": "Studio Look", "instructions": "Use cinematic lighting.", "notes": "Primary style"}
+        ],
+        "characters": [
+            {"name": "Protagonist", "description": "Refined protagonist profile", "prompt_text": "Same face."}
+        ],
+        "reference_sets": [
+            {
+                "name": "Hero Faces",
+                "description": "Canonical face references",
+                "items": [
+                    {
+                        "label": "Hero Front",
+                        "content_text": "Front-facing portrait",
+                        "sort_order": 0,
+                        "metadata_json": {"source": "bootstrap"},
+                    }
+                ],
+            }
+        ],
+        "secrets": [{"provider_code": "anthropic", "secret_name": "api_key"}],
+        "prompt_templates": [{"name": "Hero Prompt", "template_text": "Create a hero image."}],
+    },
+}
+
+
+def content(settings: dict[str, Any]) -> dict[str, list[Any]]:
+    """Settings without ids, timestamps and project ids, each section sorted, for comparisons across
+    projects (rows written in one second are ordered by their random ids, contract §8.5)."""
+    out: dict[str, list[Any]] = {}
+    for section in SECTIONS:
+        rows = []
+        for row in settings[section]:
+            kept = {k: v for k, v in row.items() if k not in ("id", "project_id", "created_at", "updated_at")}
+            if "items" in kept:
+                kept["items"] = sorted(kept["items"], key=lambda i: json.dumps(i, sort_keys=True))
+            rows.append(kept)
+        out[section] = sorted(rows, key=lambda r: json.dumps(r, sort_keys=True))
+    return out
+
+
+# -- export --------------------------------------------------------------------------------------------
+
+
+def test_export_counts_shapes_and_prompt(client: TestClient) -> None:
+    project = seed(client)
+    export = export_of(client)
+
+    assert set(export) == {
+        "schema_version",
+        "generated_at",
+        "project",
+        "settings",
+        "expected_response",
+        "prompt",
+    }
+    assert export["schema_version"] == "kroma.bootstrap.v1"
+    assert SECONDS.match(export["generated_at"])
+    assert export["project"] == {
+        "id": project["id"],
+        "slug": SLUG,
+        "name": "Bootstrap Demo",
+        "description": "",
+    }
+    settings = export["settings"]
+    assert {s: len(rows) for s, rows in settings.items()} == {
+        "provider_accounts": 1,
+        "style_guides": 1,
+        "characters": 1,
+        "reference_sets": 1,  # "Gone" was deleted; its orphan item is not shown anywhere
+        "secrets": 0,
+        "prompt_templates": 1,
+    }
+    assert settings["reference_sets"] == [
+        {
+            "name": "Legacy References",
+            "description": "Seed set for bootstrap export",
+            "items": [
+                {
+                    "label": "Hero Face",
+                    "content_uri": "",
+                    "content_text": "Legacy face reference notes",
+                    "sort_order": 1,
+                    "metadata_json": {"source": "legacy"},
+                }
+            ],
+        }
+    ]
+    # the other sections are the list endpoints' API objects
+    for section, path in (
+        ("provider_accounts", "provider-accounts"),
+        ("style_guides", "style-guides"),
+        ("characters", "characters"),
+        ("prompt_templates", "prompt-templates"),
+    ):
+        assert settings[section] == ok(client.get(f"{BASE}/{path}"))[section]
+    assert export["expected_response"] == EXPECTED_RESPONSE
+    assert "Return ONLY valid JSON" in export["prompt"]
+    assert export["prompt"] == build_prompt(export["project"], settings)
+    assert "secret_value" not in json.dumps(export)
+
+
+def test_export_of_an_empty_project_has_every_section_empty(client: TestClient) -> None:
+    ok(client.post("/api/projects", json={"name": "Empty", "slug": "empty"}))
+    export = export_of(client, "/api/projects/empty")
+    assert export["settings"] == {section: [] for section in SECTIONS}
+    assert export["prompt"].endswith("\n") and "Current project settings:\n" in export["prompt"]
+
+
+def test_export_and_import_of_a_missing_project_are_not_found(client: TestClient) -> None:
+    assert_error(client.get("/api/projects/nope/bootstrap-prompt"), 404, "Project not found")
+    assert_error(client.get("/api/projects/!!!/bootstrap-prompt"), 404, "Project not found")
+    body = {"settings": {"style_guides": [{"name": "A", "instructions": "B"}]}}
+    assert_error(client.post("/api/projects/nope/bootstrap-import", json=body), 404, "Project not found")
+    dry = {**body, "dry_run": True}
+    assert_error(client.post("/api/projects/nope/bootstrap-import", json=dry), 404, "Project not found")
+
+
+# -- import validation -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "Provide either 'settings' or 'ai_response_text'"),
+        ({"mode": "merge"}, "Provide either 'settings' or 'ai_response_text'"),
+        ({"ai_response_text": "  "}, "Field 'ai_response_text' must not be empty"),
+        ({"ai_response_text": "no json here"}, "Could not parse JSON from 'ai_response_text'"),
+        ({"ai_response_text": "[1, 2]"}, "Could not parse bootstrap JSON from 'ai_response_text'"),
+        (
+            {"mode": "overwrite", "settings": {"style_guides": [{"name": "A", "instructions": "B"}]}},
+            "Field 'mode' must be one of: merge, replace",
+        ),
+        ({"mode": "", "settings": {"characters": []}}, "Field 'mode' must be one of: merge, replace"),
+        ({"settings": {}}, "Import payload does not include any settings"),
+        (
+            {"settings": {"reference_sets": [{"name": "Hero Faces"}]}},
+            "Field 'reference_sets[].items' is required (use [] to provide an empty set)",
+        ),
+        (
+            {"settings": {"reference_sets": [{"name": "R", "items": [{"label": "L"}]}]}},
+            "Field 'reference_sets[].items[]' requires at least one of: content_uri, content_text",
+        ),
+        (
+            {"settings": {"secrets": [{"provider_code": "openai"}]}},
+            "Field 'secrets[].secret_name' is required",
+        ),
+        ({"settings": {"style_guides": "x"}}, "Field 'settings.style_guides' must be array, not str"),
+        ({"dry_run": "yes", "settings": {"characters": []}}, "Field 'dry_run' must be bool, not str"),
+    ],
+)
+def test_invalid_payloads_are_400_with_the_contract_message_even_on_a_missing_project(
+    client: TestClient, body: dict[str, Any], message: str
+) -> None:
+    seed(client)
+    before = head(client)
+    assert_error(client.post(IMPORT, json=body), 400, message)
+    assert_error(client.post("/api/projects/nope/bootstrap-import", json=body), 400, message)
+    assert head(client) == before
+
+
+def test_a_body_that_is_not_a_json_object_is_400(client: TestClient) -> None:
+    seed(client)
+    assert_error(client.post(IMPORT, json=[1]), 400, "Request body must be a JSON object")
+    assert_error(client.post(IMPORT, content=b"{nope"), 400, "Request body is not valid JSON")
+
+
+# -- real imports ------------------------------------------------------------------------------------------
+
+
+def test_full_replace_import_reports_the_reference_changes_and_persists_them(client: TestClient) -> None:
+    project = seed(client)
+    body = do_import(client, FULL_REPLACE)
+    result = body["bootstrap_import"]
+
+    assert set(result) == {
+        "schema_version",
+        "mode",
+        "dry_run",
+        "project_updated",
+        "applied",
+        "changes",
+        "project",
+        "settings",
+    }
+    assert (result["mode"], result["dry_run"], result["project_updated"]) == ("replace", False, True)
+    assert result["applied"] == {section: 1 for section in SECTIONS}
+    changes = result["changes"]
+    assert changes["project"] == {
+        "provided": True,
+        "updated": True,
+        "name_changed": True,
+        "description_changed": True,
+    }
+    assert changes["provider_accounts"] == {
+        "provided": True,
+        "replaced": True,
+        "before_count": 1,
+        "after_count": 1,
+        "created": 0,
+        "updated": 1,
+        "deleted": 0,
+        "unchanged": 0,
+    }
+    style = changes["style_guides"]
+    assert (style["replaced"], style["created"], style["deleted"]) == (True, 1, 1)
+    assert changes["characters"]["updated"] == 1
+    refs = changes["reference_sets"]
+    assert (refs["created"], refs["deleted"], refs["before_count"], refs["after_count"]) == (1, 1, 1, 1)
+    secrets = changes["secrets"]
+    assert (secrets["created"], secrets["deleted"], secrets["replaced"]) == (1, 0, False)
+    assert result["project"] == {
+        "id": project["id"],
+        "slug": SLUG,
+        "name": "Bootstrap Demo v2",
+        "description": "Imported via bootstrap payload",
+    }
+
+    # The response is the state the import left: the export (and the list routes) read the same.
+    export = export_of(client)
+    for section in SECTIONS:
+        if section != "secrets":  # the secrets read model belongs to issue 5
+            assert export["settings"][section] == result["settings"][section], section
+    assert export["project"] == result["project"]
+    assert [s["name"] for s in ok(client.get(f"{BASE}/style-guides"))["style_guides"]] == ["Studio Look"]
+    (character,) = ok(client.get(f"{BASE}/characters"))["characters"]
+    assert (character["name"], character["description"]) == ("Protagonist", "Refined protagonist profile")
+    (account,) = ok(client.get(f"{BASE}/provider-accounts"))["provider_accounts"]
+    assert (account["display_name"], account["config_json"]) == ("OpenAI Primary", {"model": "gpt-image-1"})
+    detail = ok(client.get(BASE))["project"]
+    assert (detail["name"], detail["description"]) == ("Bootstrap Demo v2", "Imported via bootstrap payload")
+    assert detail["updated_at"] == character["updated_at"]
+    # replacing reference sets purged every item, the orphan included
+    assert [row["label"] for row in item_rows(client, project["id"])] == ["Hero Front"]
+
+
+def test_import_events_are_one_batch_under_one_correlation_id_led_by_the_summary(client: TestClient) -> None:
+    seed(client)
+    before = head(client)
+    body = do_import(client, FULL_REPLACE)
+    events = all_events(client, before)
+
+    assert [e["position"] for e in events] == list(range(before + 1, before + 1 + len(events)))
+    assert len({e["metadata"]["correlation_id"] for e in events}) == 1
+    assert len({e["recorded_at"] for e in events}) == 1
+    assert {e["stream_id"] for e in events} == {f"project:{body['bootstrap_import']['project']['id']}"}
+    first = events[0]
+    assert (first["type"], first["event_id"]) == ("bootstrap.imported", body["audit_id"])
+    assert first["data"] == {
+        "project_id": body["bootstrap_import"]["project"]["id"],
+        "mode": "replace",
+        "applied": body["bootstrap_import"]["applied"],
+        "changes": body["bootstrap_import"]["changes"],
+    }
+    assert "api_key" not in json.dumps(first["data"])  # counts only, no setting values
+    # the record routes' own event types, in the plan's order (§4.2)
+    assert [e["type"] for e in events[1:]] == [
+        "project.updated",
+        "provider_account.deleted",
+        "style_guide.deleted",
+        "character.deleted",
+        "reference_set_item.deleted",  # the purge: the live set's item and the orphan
+        "reference_set_item.deleted",
+        "reference_set.deleted",
+        "prompt_template.deleted",
+        "provider_account.created",
+        "style_guide.created",
+        "character.created",
+        "reference_set.created",
+        "reference_set_item.created",
+        "secret.declared",
+        "prompt_template.created",
+    ]
+    # the project's event listing (the audit trail until issue 5's audit API) shows the same batch
+    listed = ok(client.get(f"{BASE}/events", params={"after": before}))["events"]
+    assert [e["event_id"] for e in listed] == [e["event_id"] for e in events]
+
+
+def test_secret_declarations_carry_metadata_only(client: TestClient) -> None:
+    seed(client)
+    before = head(client)
+    body = {
+        "settings": {
+            "secrets": [{"provider_code": "OpenAI", "secret_name": "api_key", "secret_value": "sk-1"}]
+        }
+    }
+    result = do_import(client, body)["bootstrap_import"]
+    assert result["settings"]["secrets"] == [
+        {"provider_code": "openai", "secret_name": "api_key", "has_value": False}
+    ]
+    declared = [e for e in all_events(client, before) if e["type"] == "secret.declared"]
+    assert [e["data"] for e in declared] == [
+        {"project_id": result["project"]["id"], "provider_code": "openai", "secret_name": "api_key"}
+    ]
+    assert "sk-1" not in json.dumps(all_events(client, before))
+
+
+def test_ai_response_text_in_a_json_code_fence_imports(client: TestClient) -> None:
+    seed(client)
+    fenced = (
+        "```json\n"
+        + json.dumps(
+            {
+                "mode": "merge",
+                "settings": {
+                    "style_guides": [
+                        {
+                            "name": "Painterly",
+                            "instructions": "Painterly brushwork with controlled color palette.",
+                        }
+                    ],
+                    "prompt_templates": [
+                        {"name": "Scene Prompt", "template_text": "Generate a scene in the configured style."}
+                    ],
+                },
+            },
+            indent=2,
+        )
+        + "\n```"
+    )
+    result = do_import(client, {"ai_response_text": fenced})["bootstrap_import"]
+    assert result["mode"] == "merge"
+    assert (result["applied"]["style_guides"], result["applied"]["prompt_templates"]) == (1, 1)
+    assert result["changes"]["style_guides"]["created"] == 1
+    assert result["changes"]["style_guides"]["unchanged"] == 1  # merge keeps "Old Style"
+    names = sorted(s["name"] for s in ok(client.get(f"{BASE}/style-guides"))["style_guides"])
+    assert names == ["Old Style", "Painterly"]
+    # the request's mode wins over the wrapper's
+    wrapped = {"ai_response_text": fenced, "mode": "replace"}
+    assert do_import(client, wrapped)["bootstrap_import"]["mode"] == "replace"
+    assert [s["name"] for s in ok(client.get(f"{BASE}/style-guides"))["style_guides"]] == ["Painterly"]
+
+
+def test_ai_response_text_with_prose_around_the_json_imports(client: TestClient) -> None:
+    seed(client)
+    text = 'Here is your profile: {"characters": [{"name": "Sidekick"}]} Enjoy!'
+    result = do_import(client, {"ai_response_text": text})["bootstrap_import"]
+    assert result["changes"]["characters"]["created"] == 1
+
+
+def test_replace_mode_touches_only_the_provided_sections(client: TestClient) -> None:
+    project = seed(client)
+    before = export_of(client)["settings"]
+    body = {"mode": "replace", "settings": {"style_guides": [{"name": "Only", "instructions": "One"}]}}
+    result = do_import(client, body)["bootstrap_import"]
+
+    after = export_of(client)["settings"]
+    assert [s["name"] for s in after["style_guides"]] == ["Only"]
+    for section in ("provider_accounts", "characters", "reference_sets", "prompt_templates"):
+        assert after[section] == before[section], section
+        assert result["changes"][section]["provided"] is False
+        assert result["changes"][section]["replaced"] is False
+        assert result["changes"][section]["unchanged"] == len(before[section])
+    assert result["project_updated"] is False
+    # reference sets were not provided: the orphan item stays where it was
+    assert len(item_rows(client, project["id"])) == 2
+
+
+def test_an_empty_section_in_replace_mode_deletes_the_whole_section(client: TestClient) -> None:
+    project = seed(client)
+    body = {"mode": "replace", "settings": {"reference_sets": [], "provider_accounts": []}}
+    result = do_import(client, body)["bootstrap_import"]
+    assert result["applied"]["reference_sets"] == 0
+    assert result["changes"]["reference_sets"]["deleted"] == 1
+    assert result["changes"]["provider_accounts"]["deleted"] == 1
+    assert ok(client.get(f"{BASE}/reference-sets"))["count"] == 0
+    assert ok(client.get(f"{BASE}/provider-accounts"))["count"] == 0
+    assert item_rows(client, project["id"]) == []  # orphans included
+    # an empty section in merge mode changes nothing
+    merge = do_import(client, {"settings": {"characters": []}})["bootstrap_import"]
+    assert merge["changes"]["characters"]["unchanged"] == 1
+
+
+def test_merge_upserts_by_exact_name_and_reference_items_are_authoritative(client: TestClient) -> None:
+    seed(client)
+    old = ok(client.get(f"{BASE}/style-guides"))["style_guides"][0]
+    (legacy,) = ok(client.get(f"{BASE}/reference-sets"))["reference_sets"]
+    body = {
+        "settings": {
+            "style_guides": [
+                {"name": "Old Style", "instructions": "New instructions"},  # exact name: updated in place
+                {"name": "old style", "instructions": "A case variant"},  # a second row (dedup is per key)
+            ],
+            "reference_sets": [
+                {
+                    "name": "Legacy References",
+                    "description": "Seed set for bootstrap export",
+                    "items": [{"label": "Replacement", "content_uri": "s3://r.png"}],
+                }
+            ],
+        }
+    }
+    result = do_import(client, body)["bootstrap_import"]
+    assert result["applied"]["style_guides"] == 1  # deduped case-insensitively, last one wins
+    guides = {g["name"]: g for g in ok(client.get(f"{BASE}/style-guides"))["style_guides"]}
+    assert set(guides) == {"Old Style", "old style"}
+    assert guides["Old Style"]["instructions"] == "Old instructions"  # "Old Style" lost the dedup
+    body["settings"]["style_guides"] = [{"name": "Old Style", "instructions": "New instructions"}]
+    do_import(client, body)
+    kept = ok(client.get(f"{BASE}/style-guides/{old['id']}"))["style_guide"]
+    assert (kept["instructions"], kept["notes"], kept["created_at"]) == (
+        "New instructions",
+        "",
+        old["created_at"],
+    )
+    # the set keeps its id; its items are exactly the provided ones, in merge mode too
+    (after_set,) = ok(client.get(f"{BASE}/reference-sets"))["reference_sets"]
+    assert after_set["id"] == legacy["id"]
+    items = ok(client.get(f"{BASE}/reference-sets/{legacy['id']}/items"))["items"]
+    assert [i["label"] for i in items] == ["Replacement"]
+
+
+def test_an_identical_import_counts_as_unchanged(client: TestClient) -> None:
+    seed(client)
+    settings = export_of(client)["settings"]
+    result = do_import(client, {"mode": "merge", "settings": settings})["bootstrap_import"]
+    for section in SECTIONS:
+        expected = len(settings[section])
+        counts = result["changes"][section]
+        assert (counts["unchanged"], counts["created"], counts["updated"], counts["deleted"]) == (
+            expected,
+            0,
+            0,
+            0,
+        ), section
+
+
+# -- dry run -----------------------------------------------------------------------------------------------
+
+
+DRY_RUN_REPLACE: dict[str, Any] = {
+    "mode": "replace",
+    "dry_run": True,
+    "settings": {
+        "style_guides": [{"name": "Preview Style", "instructions": "Preview-only style instructions."}],
+        "characters": [{"name": "Preview Character", "description": "Preview", "prompt_text": "Prompt"}],
+        "reference_sets": [
+            {
+                "name": "Preview Refs",
+                "description": "Preview-only refs",
+                "items": [
+                    {"label": "Preview Ref Item", "content_text": "Preview-only ref text", "sort_order": 1}
+                ],
+            }
+        ],
+        "secrets": [{"provider_code": "anthropic", "secret_name": "api_key"}],
+    },
+}
+
+
+def test_dry_run_previews_without_persisting_or_appending(client: TestClient) -> None:
+    seed(client)
+    before_export = export_of(client)
+    before_head = head(client)
+    before_tables = dump_read_models(client)
+
+    result = do_import(client, DRY_RUN_REPLACE)
+    assert "audit_id" not in result
+    preview = result["bootstrap_import"]
+    assert (preview["dry_run"], preview["mode"]) == (True, "replace")
+    for section in ("style_guides", "characters", "reference_sets"):
+        counts = preview["changes"][section]
+        assert (counts["created"], counts["deleted"], counts["replaced"]) == (1, 1, True), section
+    assert (preview["changes"]["secrets"]["created"], preview["changes"]["secrets"]["replaced"]) == (1, False)
+    assert preview["settings"]["secrets"] == [
+        {"provider_code": "anthropic", "secret_name": "api_key", "has_value": False}
+    ]
+    assert re.fullmatch(r"preview_style_[0-9a-f-]{36}", preview["settings"]["style_guides"][0]["id"])
+    assert re.fullmatch(r"preview_character_[0-9a-f-]{36}", preview["settings"]["characters"][0]["id"])
+
+    assert head(client) == before_head
+    assert dump_read_models(client) == before_tables
+    assert export_of(client)["settings"] == before_export["settings"]
+
+    # the real import reports the same changes the dry run previewed
+    real = do_import(client, {**DRY_RUN_REPLACE, "dry_run": False})["bootstrap_import"]
+    assert real["changes"] == preview["changes"]
+    assert real["applied"] == preview["applied"]
+    assert content(real["settings"]) == content(preview["settings"])
+
+
+def test_dry_run_of_a_merge_keeps_existing_ids_and_orders_by_the_dedup_key(client: TestClient) -> None:
+    seed(client)
+    old = ok(client.get(f"{BASE}/characters"))["characters"][0]
+    body = {
+        "dry_run": True,
+        "settings": {"characters": [{"name": "Zed"}, {"name": "protagonist", "description": "x"}]},
+    }
+    preview = do_import(client, body)["bootstrap_import"]
+    chars = preview["settings"]["characters"]
+    assert [c["name"] for c in chars] == ["protagonist", "Zed"]  # by lower-cased name
+    assert (chars[0]["id"], chars[0]["created_at"]) == (old["id"], old["created_at"])
+    assert chars[1]["id"].startswith("preview_character_")
+
+
+# -- atomicity and concurrency ------------------------------------------------------------------------------
+
+
+def test_an_import_that_fails_part_way_appends_nothing(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(client)
+    real_plan = bootstrap_commands.plan_import
+
+    def plan_with_a_bad_step(*args: Any, **kwargs: Any) -> Any:
+        plan = real_plan(*args, **kwargs)
+        ops = list(plan.operations)
+        ops.insert(len(ops) // 2, Delete("character", "no-such-character"))  # valid steps on both sides
+        plan.operations = tuple(ops)
+        return plan
+
+    monkeypatch.setattr(bootstrap_commands, "plan_import", plan_with_a_bad_step)
+    before_head, before_tables = head(client), dump_read_models(client)
+    assert_error(client.post(IMPORT, json=FULL_REPLACE), 404, "Character not found")
+    assert head(client) == before_head
+    assert dump_read_models(client) == before_tables
+
+
+def test_an_import_racing_another_command_plans_again_on_the_new_state(client: TestClient) -> None:
+    seed(client)
+    body = {"mode": "replace", "settings": {"style_guides": [{"name": "Only", "instructions": "One"}]}}
+    responses = race(
+        client,
+        ("POST", IMPORT, body),
+        ("POST", f"{BASE}/style-guides", {"name": "Racer", "instructions": "fast"}),
+    )
+    assert [r.status_code for r in responses] == [200, 200], [r.text for r in responses]
+    summary = next(e for e in project_events(client, SLUG, "bootstrap.imported"))
+    racer = next(
+        e for e in project_events(client, SLUG, "style_guide.created") if e["data"]["name"] == "Racer"
+    )
+    names = sorted(s["name"] for s in ok(client.get(f"{BASE}/style-guides"))["style_guides"])
+    counts = summary["data"]["changes"]["style_guides"]
+    if racer["position"] < summary["position"]:  # the import lost the race and re-planned
+        assert (counts["before_count"], counts["deleted"]) == (2, 2)
+        assert names == ["Only"]
+    else:
+        assert (counts["before_count"], counts["deleted"]) == (1, 1)
+        assert names == ["Only", "Racer"]
+    assert responses[0].json()["bootstrap_import"]["changes"] == summary["data"]["changes"]
+
+
+def test_an_idempotent_retry_returns_the_first_answer_and_appends_nothing(client: TestClient) -> None:
+    seed(client)
+    headers = {"Idempotency-Key": "import-1"}
+    first = client.post(IMPORT, json=FULL_REPLACE, headers=headers)
+    after_first = head(client)
+    again = client.post(IMPORT, json=FULL_REPLACE, headers=headers)
+    assert again.status_code == 200 and again.json() == first.json()
+    assert head(client) == after_first
+
+    # A retry after a crash that lost the stored answer: the store refuses to append twice, and the
+    # answer carries the counts the import recorded and the settings as they are.
+    db = sqlite3.connect(services_of(client).settings.events_db)
+    with db:
+        db.execute("UPDATE idempotency SET response = NULL")
+    db.close()
+    replayed = ok(client.post(IMPORT, json=FULL_REPLACE, headers=headers))
+    assert head(client) == after_first
+    assert replayed["audit_id"] == first.json()["audit_id"]
+    expected = copy.deepcopy(first.json()["bootstrap_import"])
+    expected["settings"]["secrets"] = replayed["bootstrap_import"]["settings"][
+        "secrets"
+    ]  # issue 5's read model
+    assert replayed["bootstrap_import"] == expected
+
+
+# -- round trip and rebuild ------------------------------------------------------------------------------
+
+
+def test_export_import_export_round_trips_the_settings(client: TestClient) -> None:
+    seed(client)
+    ok(
+        client.post(
+            f"{BASE}/provider-accounts", json={"provider_code": "fal", "enabled": False, "base_url": "u"}
+        )
+    )
+    (legacy,) = ok(client.get(f"{BASE}/reference-sets"))["reference_sets"]
+    ok(
+        client.post(
+            f"{BASE}/reference-sets/{legacy['id']}/items",
+            json={
+                "label": "Side",
+                "content_uri": "s3://side.png",
+                "sort_order": 3,
+                "metadata_json": [1, 2.5],
+            },
+        )
+    )
+    ok(client.post(f"{BASE}/reference-sets", json={"name": "Empty Set"}))
+    first = export_of(client)
+
+    ok(client.post("/api/projects", json={"name": "Fresh", "slug": "fresh"}))
+    fresh = "/api/projects/fresh"
+    result = do_import(client, {"settings": first["settings"]}, fresh)["bootstrap_import"]
+    assert all(result["changes"][s]["created"] == len(first["settings"][s]) for s in SECTIONS)
+    second = export_of(client, fresh)
+
+    assert content(second["settings"]) == content(first["settings"])
+    assert second["settings"]["reference_sets"] != [] and second["project"]["slug"] == "fresh"
+    assert all(row["project_id"] == second["project"]["id"] for row in second["settings"]["style_guides"])
+
+
+def test_rebuilding_the_read_models_after_imports_reproduces_them(client: TestClient) -> None:
+    seed(client)
+    seed(client, "second")
+    do_import(client, FULL_REPLACE)
+    do_import(client, {"settings": {"reference_sets": [{"name": "Hero Faces", "items": []}]}})
+    do_import(client, {**DRY_RUN_REPLACE})
+    do_import(client, {"settings": export_of(client)["settings"]}, "/api/projects/second")
+    do_import(client, {"mode": "replace", "settings": {"characters": [], "reference_sets": []}})
+    before = dump_read_models(client)
+    assert before["reference_set_items"], "the workload leaves items (the second project's orphan included)"
+
+    client.blocking_portal.call(services_of(client).runner.rebuild)
+
+    assert dump_read_models(client) == before
