@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kroma.auth import TokenUsage
 from kroma.clock import Clock
 from kroma.config import Settings
 from kroma.domain.handling import Commands
@@ -11,6 +12,7 @@ from kroma.events.sqlite import SQLiteEventStore
 from kroma.projections.catalog import all_projections
 from kroma.projections.reader import ReadModels
 from kroma.projections.runner import ProjectionRunner
+from kroma.vault import Vault
 
 
 @dataclass
@@ -23,6 +25,8 @@ class Services:
         self.runner = ProjectionRunner(self.store, self.settings.readmodels_db, all_projections())
         self.reader = ReadModels(self.settings.readmodels_db)
         self.commands = Commands(self.store, self.clock)
+        self.token_usage = TokenUsage(self.settings.readmodels_db)  # best-effort last_used_at
+        self.vault = Vault(self.settings.data_path)  # master key and data keys, loaded on first use
 
     async def open(self, follow: bool = True) -> None:
         """Open the store and read models; with `follow`, catch up and keep projecting."""
@@ -31,6 +35,7 @@ class Services:
         try:
             await self.runner.open()
             await self.reader.open()
+            await self.token_usage.open()
             if follow:
                 await self.runner.start()
         except BaseException:
@@ -39,6 +44,8 @@ class Services:
 
     async def close(self) -> None:
         await self.runner.close()
+        await self.token_usage.close()
+        await self.vault.close()
         await self.reader.close()
         await self.store.close()
 

@@ -10,5 +10,6 @@ from kroma.domain import (  # noqa: F401
     prompt_templates,
     provider_accounts,
     reference_sets,
+    secrets,
     style_guides,
 )

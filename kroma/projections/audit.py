@@ -1,0 +1,272 @@
+"""The audit trail: one entry per command, read from the event log.
+
+Every event in the log is a recorded mutation, with its actor (user and token id) in the
+metadata. Entries group a command's events by correlation id (every command gets one from
+`Commands.execute`; an event appended without one is its own entry):
+
+- the entry is keyed by the command's FIRST event: its position, its event id (= the `audit_id`
+  the mutating routes return), its type, entity and summary;
+- `event_count` counts the command's events; the entry's project is the first project any of them
+  names;
+- a command that appends a summary event (`SUMMARY_TYPES`, e.g. `bootstrap.imported`, whose data
+  carries the import's change counts) is shown by that event's type, entity and summary instead,
+  so a bootstrap import of many events is ONE entry with its counts.
+
+Summaries are built per event type from an allow-list of safe fields (ids, names, codes,
+statuses, counters); secret values, ciphertext, key ids and token hashes never appear. All of it
+is derived from the events (positions, recorded_at), so a rebuild reproduces the table exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from kroma.events.envelope import Event
+from kroma.projections.reader import ReadModels
+
+SUMMARY_TYPES = frozenset({"bootstrap.imported"})
+
+# Never in a summary, at any depth.
+DENIED = frozenset({"ciphertext", "token_hash", "token", "secret_value", "value", "key_id", "wrapped"})
+
+# Scalar fields safe to show (plus every `*_id` field but key_id).
+SAFE = frozenset(
+    {
+        "slug",
+        "name",
+        "title",
+        "label",
+        "provider_code",
+        "secret_name",
+        "status",
+        "role",
+        "mode",
+        "dry_run",
+        "link_type",
+        "enabled",
+        "updated",
+        "format",
+        "kind",
+        "token_prefix",
+        "expires_at",
+        "generation",
+        "from_key_ref",
+        "target_key_ref",
+        "key_ref",
+        "force",
+        "scanned",
+        "rotated",
+        "skipped_empty",
+        "skipped_current_key_ref",
+        "plaintext_reencrypted",
+        "owner_username",
+    }
+)
+
+_ENTITY_ALIASES = {
+    "project_slug": "project",
+    "storage": "project_storage",
+    "bootstrap": "project",
+    "secrets": "project_secrets",
+}
+_PROJECT_LEVEL = frozenset({"project", "project_storage", "project_secrets"})
+_NOT_ENTITY_IDS = frozenset({"project_id", "user_id", "key_id", "entry_id"})
+
+
+def _counts_only(value: Any) -> bool:
+    """A JSON structure of numbers and booleans only (change counts): safe at any depth."""
+    if isinstance(value, bool | int | float):
+        return True
+    if isinstance(value, Mapping):
+        return all(k not in DENIED and _counts_only(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_counts_only(v) for v in value)
+    return False
+
+
+def _generic_summary(data: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in DENIED:
+            continue
+        scalar = value is None or isinstance(value, str | int | float | bool)
+        safe_scalar = scalar and (key in SAFE or (key.endswith("_id") and key != "key_id"))
+        counts = isinstance(value, Mapping | list) and bool(value) and _counts_only(value)
+        if safe_scalar or counts:
+            out[key] = value
+    return out
+
+
+def _pick(*keys: str) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    return lambda d: {k: d.get(k) for k in keys}
+
+
+# Event types whose data holds secret material get an explicit summary (never the generic one).
+SUMMARIES: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    "secret.set": _pick("provider_code", "secret_name", "key_ref"),
+    "secret.declared": _pick("provider_code", "secret_name"),
+    "secret.deleted": _pick("provider_code", "secret_name"),
+    "secrets.rotated": _pick(
+        "from_key_ref",
+        "force",
+        "target_key_ref",
+        "scanned",
+        "rotated",
+        "skipped_empty",
+        "skipped_current_key_ref",
+        "plaintext_reencrypted",
+    ),
+    "token.created": _pick("token_prefix", "label", "project_id", "expires_at"),
+    "token.revoked": _pick("token_id"),
+    "token.bootstrap_reserved": _pick("generation", "token_id"),
+}
+
+
+def summarize(event: Event) -> tuple[str, str | None, dict[str, Any]]:
+    """(entity_type, entity_id, summary) of one event, from safe fields only."""
+    d = event.data
+    prefix = event.type.split(".", 1)[0]
+    entity = _ENTITY_ALIASES.get(prefix, prefix)
+    if prefix == "secret":
+        entity_id = f"{d.get('provider_code')}/{d.get('secret_name')}"
+    elif prefix == "provider_account":
+        entity_id = d.get("provider_code")
+    elif entity in _PROJECT_LEVEL:
+        entity_id = d.get("project_id")
+    else:
+        entity_id = None
+        for key in (f"{prefix}_id", f"{prefix.rsplit('_', 1)[-1]}_id", "id"):
+            if isinstance(d.get(key), str):
+                entity_id = d[key]
+                break
+        else:
+            entity_id = next(
+                (
+                    v
+                    for k, v in d.items()
+                    if k.endswith("_id") and k not in _NOT_ENTITY_IDS and isinstance(v, str)
+                ),
+                None,
+            )
+    builder = SUMMARIES.get(event.type)
+    summary = builder(d) if builder is not None else _generic_summary(d)
+    return entity, entity_id, summary
+
+
+class AuditProjection:
+    name = "audit"
+    version = 1
+    tables = ("audit_entries",)
+    handles = None
+    schema = """
+    CREATE TABLE audit_entries (
+        position      INTEGER PRIMARY KEY,
+        event_id      TEXT NOT NULL UNIQUE,
+        group_id      TEXT NOT NULL UNIQUE,
+        project_id    TEXT,
+        type          TEXT NOT NULL,
+        actor_user_id TEXT,
+        token_id      TEXT,
+        request_id    TEXT,
+        recorded_at   TEXT NOT NULL,
+        entity_type   TEXT NOT NULL,
+        entity_id     TEXT,
+        summary       TEXT NOT NULL,
+        event_count   INTEGER NOT NULL
+    );
+    CREATE INDEX audit_by_project ON audit_entries (project_id, position);
+    CREATE INDEX audit_by_type ON audit_entries (type, position)
+    """
+
+    def apply(self, db: sqlite3.Connection, event: Event) -> None:
+        meta = event.metadata
+        group = meta.correlation_id or event.event_id
+        project_id = event.data.get("project_id")
+        project_id = project_id if isinstance(project_id, str) else None
+        entity, entity_id, summary = summarize(event)
+        found = db.execute("SELECT position FROM audit_entries WHERE group_id = ?", (group,)).fetchone()
+        if found is None:
+            db.execute(
+                "INSERT INTO audit_entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,1)",
+                (
+                    event.position,
+                    event.event_id,
+                    group,
+                    project_id,
+                    event.type,
+                    meta.actor_user_id,
+                    meta.token_id,
+                    meta.request_id,
+                    event.recorded_at,
+                    entity,
+                    entity_id,
+                    json.dumps(summary, sort_keys=True),
+                ),
+            )
+            return
+        db.execute(
+            "UPDATE audit_entries SET event_count = event_count + 1, project_id = coalesce(project_id, ?)"
+            " WHERE position = ?",
+            (project_id, found[0]),
+        )
+        if event.type in SUMMARY_TYPES:
+            db.execute(
+                "UPDATE audit_entries SET type = ?, entity_type = ?, entity_id = ?, summary = ? WHERE position = ?",
+                (event.type, entity, entity_id, json.dumps(summary, sort_keys=True), found[0]),
+            )
+
+
+def entry_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["event_id"],
+        "position": row["position"],
+        "type": row["type"],
+        "project_id": row["project_id"],
+        "actor_user_id": row["actor_user_id"],
+        "token_id": row["token_id"],
+        "request_id": row["request_id"],
+        "created_at": row["recorded_at"][:19] + "Z",
+        "recorded_at": row["recorded_at"],
+        "entity_type": row["entity_type"],
+        "entity_id": row["entity_id"],
+        "summary": json.loads(row["summary"]),
+        "event_count": row["event_count"],
+    }
+
+
+async def query_entries(
+    rm: ReadModels,
+    *,
+    project_id: str | None,
+    after: int,
+    limit: int,
+    types: list[str] | None,
+    actors: list[str] | None,
+    since: str | None,
+    until: str | None,
+) -> list[dict[str, Any]]:
+    where = ["position > ?"]
+    params: list[Any] = [after]
+    if project_id is not None:
+        where.append("project_id = ?")
+        params.append(project_id)
+    if types:
+        where.append(f"type IN ({','.join('?' * len(types))})")
+        params += types
+    if actors:
+        marks = ",".join("?" * len(actors))
+        where.append(f"(actor_user_id IN ({marks}) OR token_id IN ({marks}))")
+        params += actors + actors
+    if since is not None:
+        where.append("recorded_at >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("recorded_at <= ?")
+        params.append(until)
+    rows = await rm.all(
+        f"SELECT * FROM audit_entries WHERE {' AND '.join(where)} ORDER BY position LIMIT ?", (*params, limit)
+    )
+    return [entry_view(r) for r in rows]
