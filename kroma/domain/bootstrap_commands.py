@@ -4,15 +4,15 @@
 and translates every operation into the event types the record routes already emit, so the existing
 evolvers and read models fold an import like any other change:
 
-| operation                        | events                                                             |
-|----------------------------------|--------------------------------------------------------------------|
+| operation                        | events                                                              |
+|----------------------------------|---------------------------------------------------------------------|
 | ProjectUpdate / ProjectTouched   | one `project.updated` (name, description; bumps the project's time) |
 | Delete                           | `<entity>.deleted`                                                  |
 | ReferenceItemsPurged             | `reference_set_item.deleted` for every item, orphans included       |
 | ProviderAccountUpsert            | `provider_account.created` / `.replaced` (every field)              |
 | Style/Character/Template/Set     | `<entity>.created`, or `<entity>.updated` with every field          |
 | ReferenceSetItemsReplaced        | `reference_set_item.deleted` per old item, `.created` per new one   |
-| SecretMetadataCreated / Touched  | `secret.declared` (metadata only, never a value)                   |
+| SecretMetadataCreated / Touched  | `secret.declared` (metadata only, never a value)                    |
 
 The purge needs no event type of its own: the aggregate holds every item, orphans included, so it
 is spelled as item deletions, and the reference-set-items read model (which owns its table) folds
@@ -24,9 +24,10 @@ invariant (a duplicate name, a missing record) raises before anything is appende
 with one `bootstrap.imported` event carrying the import's mode, `applied` and `changes` counts (no
 setting values, never a secret): the import's audit entry, whose id is the response's `audit_id`.
 
-The snapshot the plan reads is `snapshot_of_state`: every record's content from the aggregate state
-the decision is checked against (so the expected-version guard covers exactly what was read), with
-timestamps taken from the read models, which only order rows and fill the response.
+The snapshot the plan reads is `snapshot_of_state`: every record's and secret's content from the
+aggregate state the decision is checked against (so the expected-version guard covers exactly what
+was read). The records' created_at / updated_at live only in the read models; they are taken from
+there and only order rows and fill the response, they never decide an event.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from kroma.domain import (
     provider_accounts,
     records,
     reference_sets,
+    secrets,
     style_guides,
 )
 from kroma.domain import projects as project_domain
@@ -70,7 +72,6 @@ from kroma.domain.records import RecordKind
 from kroma.events.envelope import Event, Metadata, NewEvent
 
 IMPORTED: Final = "bootstrap.imported"
-SECRET_DECLARED: Final = "secret.declared"
 
 KINDS: Final[dict[EntityKind, RecordKind]] = {
     "provider_account": provider_accounts.KIND,
@@ -122,16 +123,26 @@ def _row(
     }
 
 
+def _secret_row(project_id: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "project_id": project_id,
+        "provider_code": row["provider_code"],
+        "secret_name": row["secret_name"],
+        "has_value": secrets.value_state(row["ciphertext"]) != "empty",
+        "updated_at": row["updated_at"],
+    }
+
+
 def snapshot_of_state(state: ProjectState, read: Mapping[str, Any]) -> dict[str, Any]:
     """The project's settings in snapshot shape (see `kroma.domain.bootstrap`), content from `state`.
 
     `read` is the read-model snapshot taken after the read models reached the state's version: it
-    gives each row its created_at / updated_at, and the secrets (metadata only). A row the read
-    model does not show (it can only be ahead of `state`, and then the append is refused anyway)
-    gets empty timestamps."""
+    gives each record its created_at / updated_at (secrets carry theirs in the state). A row the
+    read model does not show (it can only be ahead of `state`, and then the append is refused
+    anyway) gets empty timestamps."""
     snapshot: dict[str, Any] = {
         "project": {"id": state.id, "slug": state.slug, "name": state.name, "description": state.description},
-        "secrets": copy.deepcopy(list(read.get("secrets") or ())),
+        "secrets": [_secret_row(state.id, row) for row in state.items(secrets.COLLECTION).values()],
     }
     for section, (kind, key_name) in SECTION_KINDS.items():
         stamps = _stamps(list(read.get(section) or ()), key_name)
@@ -211,10 +222,8 @@ class _Batch:
             self.emit(reference_sets.decide_create_item(self.work, op.set_id, values, item.id, self.meta))
 
     def declare_secret(self, provider_code: str, secret_name: str) -> None:
-        """`secret.declared`: a secret is expected under this name. A new row has no value (has_value
-        false); an existing row keeps its value and only its updated_at moves."""
-        data = {"project_id": self.work.id, "provider_code": provider_code, "secret_name": secret_name}
-        self.emit(NewEvent(project_stream(self.work.id), SECRET_DECLARED, data, self.meta))
+        """A new secret gets an empty value (has_value false); an existing one keeps its value."""
+        self.emit(secrets.decide_declare(self.work, provider_code, secret_name, self.meta))
 
     def apply(self, op: Operation) -> None:
         if isinstance(op, ProjectUpdate):

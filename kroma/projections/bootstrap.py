@@ -15,11 +15,7 @@ from kroma.projections.records import (
     REFERENCE_SETS,
     STYLE_GUIDES,
 )
-
-
-async def secret_rows(rm: ReadModels, project_id: str) -> list[dict[str, Any]]:
-    """Secrets as metadata ({project_id, provider_code, secret_name, has_value, updated_at})."""
-    return []
+from kroma.projections.secrets import list_secrets
 
 
 async def read_snapshot(rm: ReadModels, project: Mapping[str, Any]) -> dict[str, Any]:
@@ -37,5 +33,5 @@ async def read_snapshot(rm: ReadModels, project: Mapping[str, Any]) -> dict[str,
         "characters": await CHARACTERS.all(rm, project_id),
         "prompt_templates": await PROMPT_TEMPLATES.all(rm, project_id),
         "reference_sets": [{**row, "items": items[row["id"]]} for row in sets],
-        "secrets": await secret_rows(rm, project_id),
+        "secrets": await list_secrets(rm, project_id),  # metadata only: has_value, no value
     }

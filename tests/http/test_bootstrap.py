@@ -4,9 +4,11 @@ from the read models, the import as one atomic batch of the record routes' own e
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +16,9 @@ from litestar.testing import TestClient
 
 from kroma.domain import bootstrap_commands
 from kroma.domain.bootstrap import EXPECTED_RESPONSE, Delete, build_prompt
-from tests.http.log_seed import services_of
+from kroma.events.envelope import NewEvent
+from kroma.projections.audit import query_entries
+from tests.http.log_seed import ManualClock, append, clocked_client, services_of
 from tests.http.records_support import assert_error, dump_read_models, ok, project_events, race
 
 SLUG = "bootstrap_demo"
@@ -51,6 +55,21 @@ def all_events(client: TestClient, after: int = 0) -> list[dict[str, Any]]:
     return ok(client.get("/api/events", params={"after": after, "limit": 1000}))["events"]
 
 
+def audit_entries(client: TestClient, project_id: str, after: int) -> list[dict[str, Any]]:
+    query = functools.partial(
+        query_entries,
+        services_of(client).reader,
+        project_id=project_id,
+        after=after,
+        limit=100,
+        types=None,
+        actors=None,
+        since=None,
+        until=None,
+    )
+    return client.blocking_portal.call(query)
+
+
 def item_rows(client: TestClient, project_id: str) -> list[dict[str, Any]]:
     return client.blocking_portal.call(
         services_of(client).reader.all,
@@ -60,8 +79,8 @@ def item_rows(client: TestClient, project_id: str) -> list[dict[str, Any]]:
 
 
 def seed(client: TestClient, slug: str = SLUG) -> dict[str, Any]:
-    """The reference's seeded project: one row in every record section, plus an orphan item (its set
-    deleted) that the export does not show."""
+    """The reference's seeded project: one row in every section (the secret with a value), plus an
+    orphan item (its set deleted) that the export does not show."""
     project = ok(client.post("/api/projects", json={"name": "Bootstrap Demo", "slug": slug}))["project"]
     base = f"/api/projects/{slug}"
     ok(
@@ -110,7 +129,29 @@ def seed(client: TestClient, slug: str = SLUG) -> dict[str, Any]:
         )
     )
     ok(client.delete(f"{base}/reference-sets/{gone['id']}"))
+    set_secret(client, project["id"], "openai", "api_key")
     return project
+
+
+CIPHERTEXT = "enc:v1:c2VhbGVkLXNlZWQtdmFsdWU="
+
+
+def set_secret(client: TestClient, project_id: str, code: str, name: str) -> None:
+    """A stored (sealed) secret value, recorded as the secrets route records it."""
+    data = {
+        "project_id": project_id,
+        "provider_code": code,
+        "secret_name": name,
+        "key_id": "seed-data-key",
+        "ciphertext": CIPHERTEXT,
+        "key_ref": "local-master",
+    }
+    append(client, NewEvent(f"project:{project_id}", "secret.set", data))
+
+
+def secret_state(client: TestClient, project_id: str) -> dict[str, Any]:
+    state, _version = client.blocking_portal.call(services_of(client).commands.load_project, project_id)
+    return copy.deepcopy(state.items("secrets"))
 
 
 FULL_REPLACE: dict[str, Any] = {
@@ -196,7 +237,7 @@ def test_export_counts_shapes_and_prompt(client: TestClient) -> None:
         "style_guides": 1,
         "characters": 1,
         "reference_sets": 1,  # "Gone" was deleted; its orphan item is not shown anywhere
-        "secrets": 0,
+        "secrets": 1,
         "prompt_templates": 1,
     }
     assert settings["reference_sets"] == [
@@ -225,7 +266,8 @@ def test_export_counts_shapes_and_prompt(client: TestClient) -> None:
     assert export["expected_response"] == EXPECTED_RESPONSE
     assert "Return ONLY valid JSON" in export["prompt"]
     assert export["prompt"] == build_prompt(export["project"], settings)
-    assert "secret_value" not in json.dumps(export)
+    assert settings["secrets"] == [{"provider_code": "openai", "secret_name": "api_key", "has_value": True}]
+    assert "secret_value" not in json.dumps(export) and "c2VhbGVk" not in json.dumps(export)
 
 
 def test_export_of_an_empty_project_has_every_section_empty(client: TestClient) -> None:
@@ -335,8 +377,21 @@ def test_full_replace_import_reports_the_reference_changes_and_persists_them(cli
     assert changes["characters"]["updated"] == 1
     refs = changes["reference_sets"]
     assert (refs["created"], refs["deleted"], refs["before_count"], refs["after_count"]) == (1, 1, 1, 1)
-    secrets = changes["secrets"]
-    assert (secrets["created"], secrets["deleted"], secrets["replaced"]) == (1, 0, False)
+    assert changes["secrets"] == {
+        "provided": True,
+        "replaced": False,
+        "before_count": 1,
+        "after_count": 2,
+        "created": 1,
+        "updated": 0,
+        "deleted": 0,
+        "unchanged": 1,
+    }
+    # secrets are never deleted, even in replace mode, and a new one has no value
+    assert result["settings"]["secrets"] == [
+        {"provider_code": "anthropic", "secret_name": "api_key", "has_value": False},
+        {"provider_code": "openai", "secret_name": "api_key", "has_value": True},
+    ]
     assert result["project"] == {
         "id": project["id"],
         "slug": SLUG,
@@ -346,9 +401,7 @@ def test_full_replace_import_reports_the_reference_changes_and_persists_them(cli
 
     # The response is the state the import left: the export (and the list routes) read the same.
     export = export_of(client)
-    for section in SECTIONS:
-        if section != "secrets":  # the secrets read model belongs to issue 5
-            assert export["settings"][section] == result["settings"][section], section
+    assert export["settings"] == result["settings"]
     assert export["project"] == result["project"]
     assert [s["name"] for s in ok(client.get(f"{BASE}/style-guides"))["style_guides"]] == ["Studio Look"]
     (character,) = ok(client.get(f"{BASE}/characters"))["characters"]
@@ -399,28 +452,53 @@ def test_import_events_are_one_batch_under_one_correlation_id_led_by_the_summary
         "secret.declared",
         "prompt_template.created",
     ]
-    # the project's event listing (the audit trail until issue 5's audit API) shows the same batch
+    # the project's event listing shows the same batch
     listed = ok(client.get(f"{BASE}/events", params={"after": before}))["events"]
     assert [e["event_id"] for e in listed] == [e["event_id"] for e in events]
+    # and the audit trail (issue 5's read model) shows it as ONE entry with its change counts
+    entries = audit_entries(client, first["data"]["project_id"], before)
+    assert [(e["id"], e["type"], e["event_count"]) for e in entries] == [
+        (body["audit_id"], "bootstrap.imported", len(events))
+    ]
+    assert entries[0]["summary"] == first["data"]
 
 
-def test_secret_declarations_carry_metadata_only(client: TestClient) -> None:
-    seed(client)
+def test_secrets_are_metadata_only_never_overwritten_nor_deleted(client: TestClient) -> None:
+    project = seed(client)
+    stored = secret_state(client, project["id"])
     before = head(client)
     body = {
+        "mode": "replace",
         "settings": {
-            "secrets": [{"provider_code": "OpenAI", "secret_name": "api_key", "secret_value": "sk-1"}]
-        }
+            "secrets": [
+                {"provider_code": "OpenAI", "secret_name": "api_key", "secret_value": "sk-overwrite"},
+                {"provider_code": "fal", "secret_name": "token", "value": "sk-new"},
+            ]
+        },
     }
     result = do_import(client, body)["bootstrap_import"]
+
     assert result["settings"]["secrets"] == [
-        {"provider_code": "openai", "secret_name": "api_key", "has_value": False}
+        {"provider_code": "fal", "secret_name": "token", "has_value": False},
+        {"provider_code": "openai", "secret_name": "api_key", "has_value": True},
     ]
-    declared = [e for e in all_events(client, before) if e["type"] == "secret.declared"]
-    assert [e["data"] for e in declared] == [
-        {"project_id": result["project"]["id"], "provider_code": "openai", "secret_name": "api_key"}
+    counts = result["changes"]["secrets"]
+    assert (counts["replaced"], counts["created"], counts["unchanged"], counts["deleted"]) == (False, 1, 1, 0)
+    declared = [e["data"] for e in all_events(client, before) if e["type"] == "secret.declared"]
+    assert declared == [
+        {"project_id": project["id"], "provider_code": "fal", "secret_name": "token"},
+        {"project_id": project["id"], "provider_code": "openai", "secret_name": "api_key"},
     ]
-    assert "sk-1" not in json.dumps(all_events(client, before))
+    assert "sk-" not in json.dumps(all_events(client, before))
+    after = secret_state(client, project["id"])
+    kept = {
+        k: v for k, v in after[next(k for k in after if k.startswith("openai"))].items() if k != "updated_at"
+    }
+    assert kept == {k: v for k, v in next(iter(stored.values())).items() if k != "updated_at"}
+    assert export_of(client)["settings"]["secrets"] == result["settings"]["secrets"]
+    # a replace that omits secrets (or provides none) deletes none
+    do_import(client, {"mode": "replace", "settings": {"secrets": [], "characters": []}})
+    assert len(export_of(client)["settings"]["secrets"]) == 2
 
 
 def test_ai_response_text_in_a_json_code_fence_imports(client: TestClient) -> None:
@@ -497,6 +575,30 @@ def test_an_empty_section_in_replace_mode_deletes_the_whole_section(client: Test
     # an empty section in merge mode changes nothing
     merge = do_import(client, {"settings": {"characters": []}})["bootstrap_import"]
     assert merge["changes"]["characters"]["unchanged"] == 1
+
+
+def test_every_real_import_bumps_the_project_and_stamps_what_it_wrote(tmp_path: Path) -> None:
+    clock = ManualClock()
+    with clocked_client(tmp_path, clock) as client:
+        seed(client)
+        created = ok(client.get(BASE))["project"]["updated_at"]
+        old = ok(client.get(f"{BASE}/characters"))["characters"][0]
+        clock.advance(5)
+        body = {"settings": {"characters": [], "style_guides": [{"name": "Late", "instructions": "i"}]}}
+        result = do_import(client, body)["bootstrap_import"]
+        assert result["project_updated"] is False
+        project = ok(client.get(BASE))["project"]
+        assert (created, project["updated_at"]) == ("2026-03-01T12:00:00Z", "2026-03-01T12:00:05Z")
+        late = next(s for s in result["settings"]["style_guides"] if s["name"] == "Late")
+        assert (late["created_at"], late["updated_at"]) == ("2026-03-01T12:00:05Z", "2026-03-01T12:00:05Z")
+        # untouched rows keep their times; the newest row leads the list
+        assert [s["name"] for s in result["settings"]["style_guides"]] == ["Late", "Old Style"]
+        assert ok(client.get(f"{BASE}/characters"))["characters"] == [old]
+        # a dry run stamps its preview with the time, and writes nothing
+        clock.advance(5)
+        preview = do_import(client, {**body, "dry_run": True})["bootstrap_import"]
+        assert preview["settings"]["style_guides"][0]["updated_at"] == "2026-03-01T12:00:10Z"
+        assert ok(client.get(BASE))["project"]["updated_at"] == "2026-03-01T12:00:05Z"
 
 
 def test_merge_upserts_by_exact_name_and_reference_items_are_authoritative(client: TestClient) -> None:
@@ -591,7 +693,8 @@ def test_dry_run_previews_without_persisting_or_appending(client: TestClient) ->
         assert (counts["created"], counts["deleted"], counts["replaced"]) == (1, 1, True), section
     assert (preview["changes"]["secrets"]["created"], preview["changes"]["secrets"]["replaced"]) == (1, False)
     assert preview["settings"]["secrets"] == [
-        {"provider_code": "anthropic", "secret_name": "api_key", "has_value": False}
+        {"provider_code": "anthropic", "secret_name": "api_key", "has_value": False},
+        {"provider_code": "openai", "secret_name": "api_key", "has_value": True},
     ]
     assert re.fullmatch(r"preview_style_[0-9a-f-]{36}", preview["settings"]["style_guides"][0]["id"])
     assert re.fullmatch(r"preview_character_[0-9a-f-]{36}", preview["settings"]["characters"][0]["id"])
@@ -686,10 +789,7 @@ def test_an_idempotent_retry_returns_the_first_answer_and_appends_nothing(client
     replayed = ok(client.post(IMPORT, json=FULL_REPLACE, headers=headers))
     assert head(client) == after_first
     assert replayed["audit_id"] == first.json()["audit_id"]
-    expected = copy.deepcopy(first.json()["bootstrap_import"])
-    expected["settings"]["secrets"] = replayed["bootstrap_import"]["settings"][
-        "secrets"
-    ]  # issue 5's read model
+    expected = first.json()["bootstrap_import"]
     assert replayed["bootstrap_import"] == expected
 
 
@@ -724,6 +824,12 @@ def test_export_import_export_round_trips_the_settings(client: TestClient) -> No
     assert all(result["changes"][s]["created"] == len(first["settings"][s]) for s in SECTIONS)
     second = export_of(client, fresh)
 
+    # A secret's value never travels: the fresh project has the name, without a value.
+    assert [s["has_value"] for s in first["settings"]["secrets"]] == [True]
+    assert [s["has_value"] for s in second["settings"]["secrets"]] == [False]
+    for settings in (first["settings"], second["settings"]):
+        for secret in settings["secrets"]:
+            del secret["has_value"]
     assert content(second["settings"]) == content(first["settings"])
     assert second["settings"]["reference_sets"] != [] and second["project"]["slug"] == "fresh"
     assert all(row["project_id"] == second["project"]["id"] for row in second["settings"]["style_guides"])
