@@ -28,6 +28,7 @@ from kroma.crypto import (
     MasterKeyring,
     load_master_keys,
 )
+from kroma.crypto.master_key import key_ref
 from kroma.domain.errors import Internal
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,11 @@ class Vault:
 
     @property
     def current_key_ref(self) -> str:
-        assert self._keyring is not None, "load the keys first"
-        return self._keyring.current_ref
+        """The ref new values and rotations use: the loaded keyring's, else the configured one
+        (read without loading any key, so a rotation with nothing to do needs no master key)."""
+        if self._keyring is not None:
+            return self._keyring.current_ref
+        return key_ref(self.environ)
 
     async def close(self) -> None:
         store, self._store = self._store, None
@@ -80,7 +84,7 @@ class Vault:
             await store.close()
 
 
-def crypto_failure(exc: CryptoError) -> Internal:
+def crypto_failure(exc: Exception) -> Internal:
     """Map a crypto failure to the contract's 500 (logged without key material)."""
     log.error("secret operation failed: %s", exc)
     return Internal()

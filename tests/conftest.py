@@ -38,6 +38,13 @@ def client(make_client: Callable[..., TestClient]) -> TestClient:
 
 
 @pytest.fixture
+def auth_client(make_client: Callable[..., TestClient]) -> TestClient:
+    """A client with bearer auth enforced (dev bypass off; the default loopback bind keeps the
+    first-token bootstrap open until a token exists)."""
+    return make_client(auth_dev_bypass=False)
+
+
+@pytest.fixture
 def project(client: TestClient) -> dict[str, Any]:
     """A project created through the API: {id, slug, name}."""
     response = client.post("/api/projects", json={"name": "Demo Project", "slug": "demo"})

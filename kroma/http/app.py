@@ -15,6 +15,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin
 
 from kroma import __version__
 from kroma.config import Settings
+from kroma.http.auth import AuthMiddleware
 from kroma.http.deps import get_services
 from kroma.http.errors import to_response
 from kroma.http.middleware import RequestContextMiddleware
@@ -39,7 +40,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     app = Litestar(
         route_handlers=all_routes(),
         dependencies={"services": Provide(get_services, sync_to_thread=False)},
-        middleware=[DefineMiddleware(RequestContextMiddleware)],
+        # Outermost first: 401/403 before the request context, idempotency and body parsing.
+        middleware=[DefineMiddleware(AuthMiddleware), DefineMiddleware(RequestContextMiddleware)],
         exception_handlers={Exception: to_response},
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(

@@ -22,6 +22,9 @@ from kroma.domain.handling import current_request
 from kroma.http import responses
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Responses that carry a one-time secret (the plaintext API token) are never stored for replay,
+# so the key is ignored there.
+NO_REPLAY = frozenset({"/auth/token"})
 _locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
 
@@ -55,7 +58,8 @@ class RequestContextMiddleware:
         ctx = dataclasses.replace(
             current_request.get(), request_id=_header(scope, b"x-request-id") or services.clock.new_id()
         )
-        key = _header(scope, b"idempotency-key") if scope["method"] in MUTATING else None
+        replayable = scope["method"] in MUTATING and scope["path"] not in NO_REPLAY
+        key = _header(scope, b"idempotency-key") if replayable else None
         if not key:
             token = current_request.set(ctx)
             try:

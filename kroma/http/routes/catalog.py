@@ -7,6 +7,7 @@ from typing import Any
 from kroma.http.routes import (
     agent_instructions,
     asset_links,
+    audit,
     bootstrap,
     characters,
     chat,
@@ -17,13 +18,16 @@ from kroma.http.routes import (
     provider_accounts,
     reference_sets,
     runs,
+    secrets,
     style_guides,
+    tokens,
 )
 
 
 def all_routes() -> list[Any]:
     return [
         health.health,
+        tokens.router,
         projects.router,
         bootstrap.router,
         events.router,
@@ -37,4 +41,6 @@ def all_routes() -> list[Any]:
         asset_links.router,
         chat.router,
         agent_instructions.router,
+        secrets.router,
+        audit.router,
     ]
