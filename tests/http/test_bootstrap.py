@@ -3,23 +3,23 @@ from the read models, the import as one atomic batch of the record routes' own e
 
 from __future__ import annotations
 
+import asyncio
 import copy
-import functools
 import json
 import re
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from litestar.testing import TestClient
 
 from kroma.domain import bootstrap_commands
 from kroma.domain.bootstrap import EXPECTED_RESPONSE, Delete, build_prompt
 from kroma.events.envelope import NewEvent
-from kroma.projections.audit import query_entries
-from tests.http.log_seed import ManualClock, append, clocked_client, services_of
-from tests.http.records_support import assert_error, dump_read_models, ok, project_events, race
+from tests.http.log_seed import ManualClock, clocked_client, services_of
+from tests.http.records_support import assert_error, dump_read_models, ok, project_events
 
 SLUG = "bootstrap_demo"
 BASE = f"/api/projects/{SLUG}"
@@ -53,21 +53,6 @@ def head(client: TestClient) -> int:
 
 def all_events(client: TestClient, after: int = 0) -> list[dict[str, Any]]:
     return ok(client.get("/api/events", params={"after": after, "limit": 1000}))["events"]
-
-
-def audit_entries(client: TestClient, project_id: str, after: int) -> list[dict[str, Any]]:
-    query = functools.partial(
-        query_entries,
-        services_of(client).reader,
-        project_id=project_id,
-        after=after,
-        limit=100,
-        types=None,
-        actors=None,
-        since=None,
-        until=None,
-    )
-    return client.blocking_portal.call(query)
 
 
 def item_rows(client: TestClient, project_id: str) -> list[dict[str, Any]]:
@@ -129,24 +114,13 @@ def seed(client: TestClient, slug: str = SLUG) -> dict[str, Any]:
         )
     )
     ok(client.delete(f"{base}/reference-sets/{gone['id']}"))
-    set_secret(client, project["id"], "openai", "api_key")
+    ok(
+        client.post(
+            f"{base}/secrets",
+            json={"provider_code": "openai", "secret_name": "api_key", "secret_value": "sk-seed"},
+        )
+    )
     return project
-
-
-CIPHERTEXT = "enc:v1:c2VhbGVkLXNlZWQtdmFsdWU="
-
-
-def set_secret(client: TestClient, project_id: str, code: str, name: str) -> None:
-    """A stored (sealed) secret value, recorded as the secrets route records it."""
-    data = {
-        "project_id": project_id,
-        "provider_code": code,
-        "secret_name": name,
-        "key_id": "seed-data-key",
-        "ciphertext": CIPHERTEXT,
-        "key_ref": "local-master",
-    }
-    append(client, NewEvent(f"project:{project_id}", "secret.set", data))
 
 
 def secret_state(client: TestClient, project_id: str) -> dict[str, Any]:
@@ -267,7 +241,7 @@ def test_export_counts_shapes_and_prompt(client: TestClient) -> None:
     assert "Return ONLY valid JSON" in export["prompt"]
     assert export["prompt"] == build_prompt(export["project"], settings)
     assert settings["secrets"] == [{"provider_code": "openai", "secret_name": "api_key", "has_value": True}]
-    assert "secret_value" not in json.dumps(export) and "c2VhbGVk" not in json.dumps(export)
+    assert "secret_value" not in json.dumps(export) and "sk-seed" not in json.dumps(export)
 
 
 def test_export_of_an_empty_project_has_every_section_empty(client: TestClient) -> None:
@@ -455,8 +429,8 @@ def test_import_events_are_one_batch_under_one_correlation_id_led_by_the_summary
     # the project's event listing shows the same batch
     listed = ok(client.get(f"{BASE}/events", params={"after": before}))["events"]
     assert [e["event_id"] for e in listed] == [e["event_id"] for e in events]
-    # and the audit trail (issue 5's read model) shows it as ONE entry with its change counts
-    entries = audit_entries(client, first["data"]["project_id"], before)
+    # and the audit API shows it as ONE entry with its change counts
+    entries = ok(client.get(f"{BASE}/audit", params={"after": before}))["audit_events"]
     assert [(e["id"], e["type"], e["event_count"]) for e in entries] == [
         (body["audit_id"], "bootstrap.imported", len(events))
     ]
@@ -496,6 +470,8 @@ def test_secrets_are_metadata_only_never_overwritten_nor_deleted(client: TestCli
     }
     assert kept == {k: v for k, v in next(iter(stored.values())).items() if k != "updated_at"}
     assert export_of(client)["settings"]["secrets"] == result["settings"]["secrets"]
+    listed = ok(client.get(f"{BASE}/secrets"))["secrets"]
+    assert [(r["provider_code"], r["has_value"]) for r in listed] == [("fal", False), ("openai", True)]
     # a replace that omits secrets (or provides none) deletes none
     do_import(client, {"mode": "replace", "settings": {"secrets": [], "characters": []}})
     assert len(export_of(client)["settings"]["secrets"]) == 2
@@ -747,28 +723,55 @@ def test_an_import_that_fails_part_way_appends_nothing(
     assert dump_read_models(client) == before_tables
 
 
-def test_an_import_racing_another_command_plans_again_on_the_new_state(client: TestClient) -> None:
+def test_an_import_that_loses_a_race_plans_again_on_the_new_state(client: TestClient) -> None:
+    """The import decides on a state without "Racer"; a style guide create commits before the
+    import's append, which is then refused and the import plans again: it deletes "Racer" too."""
     seed(client)
+    store = services_of(client).store
+    real_append = store.append
     body = {"mode": "replace", "settings": {"style_guides": [{"name": "Only", "instructions": "One"}]}}
-    responses = race(
-        client,
-        ("POST", IMPORT, body),
-        ("POST", f"{BASE}/style-guides", {"name": "Racer", "instructions": "fast"}),
-    )
-    assert [r.status_code for r in responses] == [200, 200], [r.text for r in responses]
-    summary = next(e for e in project_events(client, SLUG, "bootstrap.imported"))
-    racer = next(
-        e for e in project_events(client, SLUG, "style_guide.created") if e["data"]["name"] == "Racer"
-    )
-    names = sorted(s["name"] for s in ok(client.get(f"{BASE}/style-guides"))["style_guides"])
+    attempts: list[str] = []
+
+    async def run() -> list[httpx.Response]:
+        import_decided, racer_committed = asyncio.Event(), asyncio.Event()
+
+        async def append(events: list[NewEvent], *args: Any, **kwargs: Any) -> Any:
+            if events[0].type == "bootstrap.imported" and not racer_committed.is_set():
+                import_decided.set()
+                await racer_committed.wait()
+            elif events[0].type == "style_guide.created":
+                await import_decided.wait()
+            attempts.append(events[0].type)
+            try:
+                return await real_append(events, *args, **kwargs)
+            finally:
+                if events[0].type == "style_guide.created":
+                    racer_committed.set()
+
+        store.append = append
+        try:
+            transport = httpx.ASGITransport(app=client.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+                return list(
+                    await asyncio.gather(
+                        http.post(IMPORT, json=body),
+                        http.post(f"{BASE}/style-guides", json={"name": "Racer", "instructions": "fast"}),
+                    )
+                )
+        finally:
+            del store.append
+
+    imported, racer = client.blocking_portal.call(run)
+    assert (imported.status_code, racer.status_code) == (200, 200), (imported.text, racer.text)
+    assert attempts == ["style_guide.created", "bootstrap.imported", "bootstrap.imported"]  # 1st refused
+    (summary,) = project_events(client, SLUG, "bootstrap.imported")
     counts = summary["data"]["changes"]["style_guides"]
-    if racer["position"] < summary["position"]:  # the import lost the race and re-planned
-        assert (counts["before_count"], counts["deleted"]) == (2, 2)
-        assert names == ["Only"]
-    else:
-        assert (counts["before_count"], counts["deleted"]) == (1, 1)
-        assert names == ["Only", "Racer"]
-    assert responses[0].json()["bootstrap_import"]["changes"] == summary["data"]["changes"]
+    assert (counts["before_count"], counts["deleted"], counts["created"]) == (2, 2, 1)
+    assert [s["name"] for s in ok(client.get(f"{BASE}/style-guides"))["style_guides"]] == ["Only"]
+    deleted = {e["data"]["style_guide_id"] for e in project_events(client, SLUG, "style_guide.deleted")}
+    assert racer.json()["style_guide"]["id"] in deleted
+    assert imported.json()["bootstrap_import"]["changes"] == summary["data"]["changes"]
+    assert imported.json()["audit_id"] == summary["event_id"]
 
 
 def test_an_idempotent_retry_returns_the_first_answer_and_appends_nothing(client: TestClient) -> None:
@@ -849,3 +852,23 @@ def test_rebuilding_the_read_models_after_imports_reproduces_them(client: TestCl
     client.blocking_portal.call(services_of(client).runner.rebuild)
 
     assert dump_read_models(client) == before
+
+
+def test_with_auth_enforced_the_import_needs_a_token_and_is_audited_under_it(auth_client: TestClient) -> None:
+    token = ok(auth_client.post("/auth/token", json={"label": "bootstrap"}))["auth_token"]
+    bearer = {"Authorization": f"Bearer {token['token']}"}
+    ok(auth_client.post("/api/projects", json={"name": "Bootstrap Demo", "slug": SLUG}, headers=bearer))
+    body = {"settings": {"characters": [{"name": "Hero"}]}}
+
+    denied = auth_client.post(IMPORT, json=body)
+    assert_error(denied, 401, "Missing Authorization: Bearer token", code="unauthorized")
+    assert auth_client.get(EXPORT).status_code == 401
+
+    imported = ok(auth_client.post(IMPORT, json=body, headers=bearer))
+    assert (
+        ok(auth_client.get(EXPORT, headers=bearer))["bootstrap"]["settings"]["characters"][0]["name"]
+        == "Hero"
+    )
+    entries = ok(auth_client.get(f"{BASE}/audit", params={"type": "bootstrap.imported"}, headers=bearer))
+    (entry,) = entries["audit_events"]
+    assert (entry["id"], entry["token_id"]) == (imported["audit_id"], token["id"])
