@@ -19,7 +19,6 @@ from litestar.testing import TestClient
 P = "/api/projects/{slug}"
 RUN_WORK = "comes with the run work (runs/trigger, runs/validate-config)"
 ISSUE_5 = "pending issue 5"  # auth tokens and secrets
-ISSUE_6 = "pending issue 6"  # bootstrap prompt exchange
 
 
 def at_least(*fields: str) -> str:
@@ -35,8 +34,8 @@ CATALOG: list[tuple[str, str, int, str | None, str | None]] = [
     ("GET", "/api/projects", 200, None, None),
     ("POST", "/api/projects", 400, "Field 'name' is required", None),
     ("GET", P, 404, "Project not found", None),
-    ("GET", f"{P}/bootstrap-prompt", 404, "Project not found", ISSUE_6),
-    ("POST", f"{P}/bootstrap-import", 400, None, ISSUE_6),
+    ("GET", f"{P}/bootstrap-prompt", 404, "Project not found", None),
+    ("POST", f"{P}/bootstrap-import", 400, "Provide either 'settings' or 'ai_response_text'", None),
     ("GET", f"{P}/storage", 404, "Project not found", None),
     ("PUT", f"{P}/storage/local", 400, at_least("base_dir", "project_root"), None),
     ("PUT", f"{P}/storage/s3", 404, "Project not found", None),
