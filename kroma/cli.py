@@ -190,5 +190,81 @@ def projections_rebuild(data_dir: str | None, name: str | None) -> None:
     click.echo(f"rebuilt {name or 'all projections'} through position {position}")
 
 
+# -- tokens ----------------------------------------------------------------------------------------
+
+
+@main.group()
+def tokens() -> None:
+    """API tokens (the plaintext is shown once, when it is created)."""
+
+
+def _as_cli(fn: Callable[[Services], Awaitable[T]]) -> Callable[[Services], Awaitable[T]]:
+    """Run a command as the operator at the console (no user, no token) and turn contract errors
+    into a clean CLI error."""
+    from kroma.domain.errors import KromaError
+    from kroma.domain.handling import Actor, RequestContext, current_request
+
+    async def run(s: Services) -> T:
+        current_request.set(RequestContext(actor=Actor(principal="cli")))
+        try:
+            return await fn(s)
+        except KromaError as exc:
+            raise click.ClickException(exc.message) from None
+
+    return run
+
+
+@tokens.command("create")
+@data_dir_option
+@click.option("--label", default=None, help="A name for the token (up to 200 characters).")
+@click.option("--project", "project_slug", default=None, help="Scope the token to one project (slug).")
+@click.option("--expires-at", default=None, help="RFC 3339 time, or YYYY-MM-DD (23:59:59 UTC that day).")
+def tokens_create(
+    data_dir: str | None, label: str | None, project_slug: str | None, expires_at: str | None
+) -> None:
+    """Create a token for the `local` user; prints the token (only this once) on stdout."""
+    from kroma import auth
+    from kroma.domain.tokens import CreateToken
+
+    cmd = CreateToken(label=label, project_slug=project_slug, expires_at=expires_at)
+    created = _with_services(_settings(data_dir), _as_cli(lambda s: auth.create_token(s, cmd)), follow=True)
+    click.echo(created["token"])
+    scope = f", project {created['project_id']}" if created["project_id"] else ""
+    click.echo(
+        f"created token {created['id']} ({created['token_prefix']}...{scope}); it is not shown again",
+        err=True,
+    )
+
+
+@tokens.command("list")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the tokens as JSON.")
+def tokens_list(data_dir: str | None, as_json: bool) -> None:
+    """Every token, newest first (never the token itself)."""
+    from kroma import auth
+
+    found = _with_services(_settings(data_dir), _as_cli(auth.list_tokens), follow=True)
+    if as_json:
+        _print_json(found)
+        return
+    for t in found:
+        state = "active" if t["active"] else ("revoked" if t["revoked_at"] else "expired")
+        click.echo(
+            f"{t['id']}  {t['token_prefix']}  {state:<8} expires {t['expires_at'] or '-'}"
+            f"  last used {t['last_used_at'] or '-'}  {t['label']}"
+        )
+
+
+@tokens.command("revoke")
+@data_dir_option
+@click.argument("token_id")
+def tokens_revoke(data_dir: str | None, token_id: str) -> None:
+    """Revoke a token (revoking twice is fine; the first time is kept)."""
+    from kroma import auth
+
+    _with_services(_settings(data_dir), _as_cli(lambda s: auth.revoke_token(s, token_id)), follow=True)
+    click.echo(f"revoked token {token_id}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
