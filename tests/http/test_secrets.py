@@ -486,3 +486,13 @@ def test_rotation_without_a_master_key(open_client: Any, tmp_path: Path) -> None
     )
     assert not (data_dir / "master.key").exists()  # rotation never creates a key
     assert restarted.get(S.format("demo") + "/rotation-status").status_code == 200
+
+
+def test_a_malformed_master_key_is_a_500(
+    client: TestClient, project: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KROMA_MASTER_KEY", "not-a-key")
+    body = {"provider_code": "openai", "secret_name": "k", "secret_value": "v"}
+    assert_error(client.post(S.format("demo"), json=body), 500, "Internal server error")
+    assert client.get(S.format("demo")).json()["count"] == 0
+    assert events_of(client, "secret.set") == []
