@@ -4,8 +4,7 @@ and `{}` as the body of POST/PUT, answers the contract's status. Non-200 answers
 error shape; where the contract fixes the message (§8.2 not-found messages, the first failing
 validation rule for `{}`) it is checked too.
 
-Routes of features still being built are xfail (non-strict), so this test turns green by itself as
-they land. `runs/trigger` and `runs/validate-config` are skipped: they come with the run work.
+`runs/trigger` and `runs/validate-config` are skipped: they come with the run work.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from litestar.testing import TestClient
 
 P = "/api/projects/{slug}"
 RUN_WORK = "comes with the run work (runs/trigger, runs/validate-config)"
-ISSUE_5 = "pending issue 5"  # auth tokens and secrets
 
 
 def at_least(*fields: str) -> str:
@@ -28,9 +26,9 @@ def at_least(*fields: str) -> str:
 # (method, path template, expected status, expected error message or None, pending reason or None)
 CATALOG: list[tuple[str, str, int, str | None, str | None]] = [
     ("GET", "/health", 200, None, None),
-    ("POST", "/auth/token", 200, None, ISSUE_5),
-    ("GET", "/auth/tokens", 200, None, ISSUE_5),
-    ("DELETE", "/auth/tokens/{tokenId}", 404, "Auth token not found", ISSUE_5),
+    ("POST", "/auth/token", 200, None, None),
+    ("GET", "/auth/tokens", 200, None, None),
+    ("DELETE", "/auth/tokens/{tokenId}", 404, "Auth token not found", None),
     ("GET", "/api/projects", 200, None, None),
     ("POST", "/api/projects", 400, "Field 'name' is required", None),
     ("GET", P, 404, "Project not found", None),
@@ -126,11 +124,11 @@ CATALOG: list[tuple[str, str, int, str | None, str | None]] = [
     ("GET", f"{P}/agent/instructions/{{instructionId}}/events", 404, "Agent instruction not found", None),
     ("POST", f"{P}/agent/instructions/{{instructionId}}/confirm", 404, "Agent instruction not found", None),
     ("POST", f"{P}/agent/instructions/{{instructionId}}/cancel", 404, "Agent instruction not found", None),
-    ("GET", f"{P}/secrets", 404, "Project not found", ISSUE_5),
-    ("GET", f"{P}/secrets/rotation-status", 404, "Project not found", ISSUE_5),
-    ("POST", f"{P}/secrets", 400, None, ISSUE_5),
-    ("POST", f"{P}/secrets/rotate", 404, "Project not found", ISSUE_5),
-    ("DELETE", f"{P}/secrets/{{providerCode}}/{{secretName}}", 404, "Secret not found", ISSUE_5),
+    ("GET", f"{P}/secrets", 404, "Project not found", None),
+    ("GET", f"{P}/secrets/rotation-status", 404, "Project not found", None),
+    ("POST", f"{P}/secrets", 400, "Field 'provider_code' is required", None),
+    ("POST", f"{P}/secrets/rotate", 404, "Project not found", None),
+    ("DELETE", f"{P}/secrets/{{providerCode}}/{{secretName}}", 404, "Secret not found", None),
 ]
 
 _PARAM = re.compile(r"\{[^}]*\}")
@@ -147,8 +145,6 @@ def _params() -> list[Any]:
         marks: list[Any] = []
         if pending == RUN_WORK:
             marks.append(pytest.mark.skip(reason=pending))
-        elif pending:
-            marks.append(pytest.mark.xfail(strict=False, reason=pending))
         params.append(pytest.param(method, path, status, message, marks=marks, id=f"{method} {path}"))
     return params
 
