@@ -20,8 +20,24 @@ from kroma.projections.event_index import project_positions
 MAX_PAGE = 1000
 
 
+# Fields that are safe in the log (ciphertext, hashes, key ids) but have no business in an API
+# answer: the HTTP views of the log show that they are there, not what they hold.
+REDACTED_FIELDS = frozenset({"ciphertext", "token_hash", "key_id", "previous_key_id", "wrapped"})
+REDACTED = "[redacted]"
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: REDACTED if k in REDACTED_FIELDS else _redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
+
+
 def event_view(event: Event) -> dict[str, Any]:
-    return msgspec.to_builtins(event)
+    view = msgspec.to_builtins(event)
+    view["data"] = _redact(view["data"])
+    return view
 
 
 def _types(request: Request) -> list[str] | None:
