@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from kroma.auth import TokenUsage
 from kroma.clock import Clock
 from kroma.config import Settings
+from kroma.crypto import pepper
 from kroma.domain.handling import Commands
 from kroma.events.sqlite import SQLiteEventStore
 from kroma.projections.catalog import all_projections
@@ -31,6 +32,7 @@ class Services:
     async def open(self, follow: bool = True) -> None:
         """Open the store and read models; with `follow`, catch up and keep projecting."""
         self.settings.ensure_data_dir()
+        self.fingerprint_key = pepper.load_or_create(self.settings.data_path)
         await self.store.open()
         try:
             await self.runner.open()

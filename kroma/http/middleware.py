@@ -1,8 +1,8 @@
 """Per-request context (request id) and the Idempotency-Key contract for mutating routes.
 
-A mutating request with an `Idempotency-Key` header is fingerprinted (method, path, body). A retry
-with the same key and fingerprint gets the first response back and appends nothing; the same key
-with another request gets a 422. Requests with one key are serialised in this process so a retry
+A mutating request with an `Idempotency-Key` header is fingerprinted (method, path, body; a keyed
+HMAC, since the body may hold a secret). A retry with the same key and fingerprint gets the first
+response back and appends nothing; the same key with another request gets a 422. Requests with one key are serialised in this process so a retry
 racing the original waits for its stored response. The store records the key atomically with the
 command's events, so even a retry that slips past (another process, a crash before the response
 was saved) cannot append twice.
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import weakref
 from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from kroma.crypto import pepper
 from kroma.domain.handling import current_request
 from kroma.http import responses
 
@@ -79,7 +79,9 @@ class RequestContextMiddleware:
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
-        digest = hashlib.sha256(f"{scope['method']} {scope['path']}\n".encode() + body).hexdigest()
+        digest = pepper.fingerprint(
+            services.fingerprint_key, scope["method"].encode(), scope["path"].encode(), body
+        )
         lock = _locks.setdefault(key, asyncio.Lock())
         async with lock:
             found = await services.store.lookup_idempotency(key)

@@ -46,3 +46,21 @@ def test_secret_ciphertext_and_key_ids_are_redacted_in_log_views(client: TestCli
     assert events and events[0]["data"]["ciphertext"] == "[redacted]"
     assert events[0]["data"]["key_id"] == "[redacted]"
     assert "sk-very-secret" not in client.get("/api/events?limit=1000").text
+
+
+def test_idempotency_fingerprint_is_keyed_so_a_secret_body_cannot_be_guessed(
+    client: TestClient, project: dict
+) -> None:
+    import hashlib
+    import sqlite3
+
+    body = b'{"provider_code":"openai","secret_name":"k","secret_value":"hunter2"}'
+    headers = {"Idempotency-Key": "s1", "content-type": "application/json"}
+    first = client.post("/api/projects/demo/secrets", content=body, headers=headers)
+    again = client.post("/api/projects/demo/secrets", content=body, headers=headers)
+    assert first.status_code == 200 and again.json() == first.json()
+    services = client.app.state.services
+    with sqlite3.connect(services.settings.events_db) as db:
+        (stored,) = db.execute("SELECT fingerprint FROM idempotency WHERE key = 's1'").fetchone()
+    plain = hashlib.sha256(b"POST /api/projects/demo/secrets\n" + body).hexdigest()
+    assert stored != plain and len(stored) == 64
