@@ -66,7 +66,24 @@ def serve(data_dir: str | None, bind: str | None, demo: bool) -> None:
             click.echo(f"kroma: created the demo project 'demo_comic' ({len(created)} requests)")
     host, port = settings.host_port
     click.echo(f"kroma: data in {settings.data_path}, listening on http://{host}:{port} (docs at /docs)")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=settings.log_level.lower(),
+            timeout_graceful_shutdown=5,  # a backstop; streams end on `stopping` first
+        )
+    )
+    handle_exit = server.handle_exit
+
+    def stop(sig: int, frame: Any) -> None:
+        app.state.services.stopping = True  # live SSE streams end instead of holding shutdown
+        handle_exit(sig, frame)
+
+    server.handle_exit = stop  # type: ignore[method-assign]
+    server.run()
 
 
 # -- events ----------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ class Services:
         self.commands = Commands(self.store, self.clock)
         self.token_usage = TokenUsage(self.settings.readmodels_db)  # best-effort last_used_at
         self.vault = Vault(self.settings.data_path)  # master key and data keys, loaded on first use
+        self.stopping = False  # set when the server starts shutting down: live streams end
 
     async def open(self, follow: bool = True) -> None:
         """Open the store and read models; with `follow`, catch up and keep projecting."""

@@ -96,3 +96,14 @@ def test_read_models_survive_restart_and_rebuild_matches(start_server, tmp_path)
     second = start_server(data)
     after = httpx.get(f"{second.url}/api/projects/persist").json()
     assert after["project"] == before["project"] and after["storage"] == before["storage"]
+
+
+def test_server_stops_promptly_while_an_sse_client_is_connected(server: Server) -> None:
+    import time
+
+    with httpx.Client(base_url=server.url, timeout=10) as http, http.stream("GET", "/api/events/stream"):
+        assert server.proc is not None
+        started = time.monotonic()
+        server.proc.terminate()
+        server.proc.wait(timeout=4)
+        assert time.monotonic() - started < 3

@@ -95,7 +95,13 @@ async def stream_events(services: ServicesDep, request: Request) -> ServerSentEv
     types = set(_types(request) or ())
 
     async def feed() -> AsyncGenerator[ServerSentEventMessage, None]:
-        async for page in services.store.follow(after, page=500):
+        position = after
+        while not services.stopping:  # a stopping server ends its streams within a poll
+            page = await services.store.read_all(position, 500)
+            if not page:
+                await services.store.wait_for_append(position, 0.5)
+                continue
+            position = page[-1].position
             for event in page:
                 if types and event.type not in types:
                     continue
