@@ -97,7 +97,10 @@ async def authenticate(services: Services, bearer: str) -> Actor | None:
 
 
 async def _project_for_token(services: Services, project_slug: str | None) -> str | None:
-    if project_slug is None or not project_slug.strip():
+    """The project a token is scoped to: None when `project_slug` is absent (or null). Any given
+    value, blank included, must name a project of `local` (else 404), as the reference does: a
+    caller that meant to scope a token never silently gets an unscoped one."""
+    if project_slug is None:
         return None
     normal = normalize_slug(project_slug)
     row = None

@@ -67,10 +67,11 @@ def clean_label(label: str | None) -> str:
 
 # -- expires_at ----------------------------------------------------------------------------------
 
+# ASCII digits only, matched in full (`fullmatch`: `$` would let a trailing newline through).
 _RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$"
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
 )
-_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})", re.ASCII)
 
 
 def _invalid_expiry(raw: str) -> ValidationError:
@@ -96,7 +97,7 @@ def parse_expires_at(raw: str | None) -> str | None:
     if raw is None or raw == "":
         return None
     try:
-        m = _RFC3339.match(raw)
+        m = _RFC3339.fullmatch(raw)
         if m:
             y, mo, d, h, mi, s = (int(g) for g in m.groups()[:6])
             digits, offset = m.group(7), m.group(8)
@@ -111,7 +112,7 @@ def parse_expires_at(raw: str | None) -> str | None:
                 tz = timezone(sign * timedelta(hours=oh, minutes=om))
             at = datetime(y, mo, d, h, mi, s, tzinfo=tz).astimezone(UTC)
             return at.strftime("%Y-%m-%dT%H:%M:%S") + _fraction(nanos) + "+00:00"
-        m = _DATE.match(raw)
+        m = _DATE.fullmatch(raw)
         if m:
             at = datetime(int(m[1]), int(m[2]), int(m[3]), 23, 59, 59, tzinfo=UTC)
             return at.strftime("%Y-%m-%dT%H:%M:%S") + "+00:00"

@@ -16,7 +16,13 @@ Order of checks:
 5. `/api/projects/<segment>[/...]`: the RAW (not percent-decoded) segment, normalised, must name
    a project owned by the token's user (and be the token's project, for a project-scoped
    token); else 403 "Token is not authorized for this project" (a nonexistent project too).
-   An un-normalisable segment is 403 "Project access check failed".
+   An un-normalisable segment is 403 "Project access check failed". Whether a path is
+   slug-scoped is read from the ROUTED path (the router has collapsed `//` and decoded `%xx`),
+   so no spelling of the path skips the check; and when the decoded segment (the one the
+   handler serves) names another project than the raw one, both must pass.
+6. The global log views (`/api/events...`, `/api/audit`) show every project's events: a
+   project-scoped token gets 403 "Token is not authorized for this project" there (its own
+   project's views are `/api/projects/<slug>/events` and `/audit`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+from typing import TYPE_CHECKING
 
 from litestar.types import ASGIApp, Receive, Scope, Send
 
@@ -34,6 +41,9 @@ from kroma.domain.slugs import normalize_slug
 from kroma.domain.tokens import BOOTSTRAP_PRINCIPAL
 from kroma.domain.users import user_id_for
 from kroma.http import responses
+
+if TYPE_CHECKING:
+    from kroma.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +90,50 @@ def is_loopback_bind(bind: str) -> bool:
         return False
 
 
-def project_segment(scope: Scope) -> str | None:
-    """The raw `<slug>` of `/api/projects/<slug>[/...]`, or None for other paths."""
+GLOBAL_LOG_PREFIXES = ("/api/events", "/api/audit")
+
+
+def project_segments(scope: Scope) -> list[str]:
+    """The `<slug>` segments to check for `/api/projects/<slug>[/...]` ([] for other paths): the
+    RAW segment (the contract's), then the decoded one the handler serves when it differs.
+
+    `scope["path"]` is the routed path (Litestar has decoded it, collapsed `//` and dropped a
+    trailing `/`), so it decides whether the route is slug-scoped; the raw segment is the one at
+    the same place in `raw_path` once empty segments are dropped. A raw path whose segments do
+    not line up (an encoded `/`) can only add a segment that fails, never skip the check."""
+    parts = scope["path"].split("/")
+    if not (len(parts) > 3 and parts[1] == "api" and parts[2] == "projects" and parts[3].strip()):
+        return []
+    found = []
     raw = scope.get("raw_path")
-    path = raw.decode("latin-1") if isinstance(raw, bytes | bytearray) else scope["path"]
-    parts = path.split("/")
-    if len(parts) > 3 and parts[1] == "api" and parts[2] == "projects" and parts[3].strip():
-        return parts[3]
-    return None
+    if isinstance(raw, bytes | bytearray):
+        raw_parts = [p for p in raw.decode("latin-1").split("?", 1)[0].split("/") if p]
+        if len(raw_parts) > 2:
+            found.append(raw_parts[2])
+    if not found or normalize_slug(found[0]) != normalize_slug(parts[3]):
+        found.append(parts[3])
+    return found
+
+
+def is_global_log(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in GLOBAL_LOG_PREFIXES)
+
+
+async def _check_project(services: Services, actor: Actor, segment: str) -> None:
+    slug = normalize_slug(segment)
+    if slug is None:
+        raise Forbidden(ACCESS_FAILED)
+    try:
+        row = await services.reader.one("SELECT id, owner_username FROM projects WHERE slug = ?", (slug,))
+    except Exception:
+        log.exception("project access check failed")
+        raise Forbidden(ACCESS_FAILED) from None
+    if (
+        row is None
+        or user_id_for(row["owner_username"]) != actor.user_id
+        or (actor.project_id is not None and actor.project_id != row["id"])
+    ):
+        raise Forbidden(NOT_AUTHORIZED)
 
 
 async def _actor(scope: Scope) -> Actor:
@@ -118,22 +164,10 @@ async def _actor(scope: Scope) -> Actor:
         raise Unauthorized(VALIDATION_FAILED) from None
     if actor is None:
         raise Unauthorized(INVALID)
-    segment = project_segment(scope)
-    if segment is not None:
-        slug = normalize_slug(segment)
-        if slug is None:
-            raise Forbidden(ACCESS_FAILED)
-        try:
-            row = await services.reader.one("SELECT id, owner_username FROM projects WHERE slug = ?", (slug,))
-        except Exception:
-            log.exception("project access check failed")
-            raise Forbidden(ACCESS_FAILED) from None
-        if (
-            row is None
-            or user_id_for(row["owner_username"]) != actor.user_id
-            or (actor.project_id is not None and actor.project_id != row["id"])
-        ):
-            raise Forbidden(NOT_AUTHORIZED)
+    for segment in project_segments(scope):
+        await _check_project(services, actor, segment)
+    if actor.project_id is not None and is_global_log(scope["path"]):
+        raise Forbidden(NOT_AUTHORIZED)
     return actor
 
 

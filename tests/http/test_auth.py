@@ -408,11 +408,9 @@ def test_label_is_trimmed_and_truncated(client: TestClient) -> None:
 
 def test_project_slug_must_name_a_project_of_local(client: TestClient) -> None:
     client.post("/api/projects", json={"name": "Alice's", "slug": "alices", "username": "alice"})
-    for slug in ("nope", "alices", "!!!"):
+    for slug in ("nope", "alices", "!!!", "  "):
         response = client.post("/auth/token", json={"project_slug": slug})
         assert_error(response, 404, "Project not found", "not_found")
-    blank = client.post("/auth/token", json={"project_slug": "  "})
-    assert blank.status_code == 200 and blank.json()["auth_token"]["project_id"] is None
 
 
 def test_dev_bypass_needs_no_token(client: TestClient) -> None:
@@ -529,3 +527,91 @@ def test_scoped_token_events_belong_to_the_project(client: TestClient, project: 
         f"/api/projects/{project['slug']}/events", params={"type": "token.created,token.revoked"}
     )
     assert [e["type"] for e in events.json()["events"]] == ["token.created", "token.revoked"]
+
+
+# -- review: non-canonical paths, global log views, strict inputs ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api//projects/other",
+        "/api/projects//other",
+        "/api/%70rojects/other",
+        "/api/projects//other/secrets",
+        "/api//projects/other/events",
+    ],
+)
+def test_project_scope_holds_on_non_canonical_paths(auth_client: TestClient, root: str, path: str) -> None:
+    """The router collapses duplicate slashes and decodes the path; the scope check must see the
+    same project segment the handler will serve, whatever the raw spelling."""
+    make_project(auth_client, root, "mine")
+    make_project(auth_client, root, "other")
+    make_project(auth_client, root, "alices", username="alice")
+    scoped = auth_client.post("/auth/token", json={"project_slug": "mine"}, headers=bearer(root)).json()
+    response = auth_client.get(path, headers=bearer(scoped["auth_token"]["token"]))
+    assert_error(response, 403, NOT_AUTHORIZED, "forbidden")
+    alices = path.replace("other", "alices")
+    assert_error(auth_client.get(alices, headers=bearer(root)), 403, NOT_AUTHORIZED, "forbidden")
+    assert auth_client.get(path.replace("other", "mine"), headers=bearer(root)).status_code == 200
+
+
+def test_a_raw_slug_that_decodes_to_another_project_is_refused(auth_client: TestClient, root: str) -> None:
+    """`a%20b` normalises (raw, as the contract checks it) to `a_20b` but the handler serves the
+    decoded `a b` -> `a_b`: a token scoped to `a_20b` must not reach `a_b`."""
+    make_project(auth_client, root, "a_20b")
+    make_project(auth_client, root, "a_b")
+    scoped = auth_client.post("/auth/token", json={"project_slug": "a_20b"}, headers=bearer(root)).json()
+    token = scoped["auth_token"]["token"]
+    assert auth_client.get("/api/projects/a_20b", headers=bearer(token)).status_code == 200
+    assert_error(
+        auth_client.get("/api/projects/a%20b", headers=bearer(token)), 403, NOT_AUTHORIZED, "forbidden"
+    )
+
+
+def test_project_scoped_tokens_cannot_read_the_global_log(auth_client: TestClient, root: str) -> None:
+    """The global log views show every project's events; a token scoped to one project reads its
+    own project's views only."""
+    make_project(auth_client, root, "mine")
+    other = make_project(auth_client, root, "other")
+    auth_client.post(
+        "/api/projects/other/style-guides",
+        json={"name": "Secret style", "instructions": "confidential"},
+        headers=bearer(root),
+    )
+    scoped = auth_client.post("/auth/token", json={"project_slug": "mine"}, headers=bearer(root)).json()
+    token = scoped["auth_token"]["token"]
+    for path in ("/api/events", "/api/events/1", "/api/events/stream", "/api/audit", "/api//events"):
+        assert_error(auth_client.get(path, headers=bearer(token)), 403, NOT_AUTHORIZED, "forbidden")
+    assert auth_client.get("/api/projects/mine/events", headers=bearer(token)).status_code == 200
+    assert auth_client.get("/api/projects/mine/audit", headers=bearer(token)).status_code == 200
+    assert auth_client.get("/api/events", headers=bearer(root)).status_code == 200
+    assert auth_client.get("/api/audit", headers=bearer(root)).json()["count"] >= 1
+    assert other["slug"] == "other"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "2030-01-01\n",
+        "2030-01-01T00:00:00Z\n",
+        "\uff12\uff10\uff13\uff10-01-01",
+        "2030-01-01T00:00:00.\u0665Z",
+    ],
+)
+def test_expires_at_rejects_a_trailing_newline_and_non_ascii_digits(raw: str) -> None:
+    with pytest.raises(Exception) as caught:
+        parse_expires_at(raw)
+    assert getattr(caught.value, "message", "") == EXPIRY_MESSAGE.format(raw)
+
+
+@pytest.mark.parametrize("slug", ["", "  ", "\t"])
+def test_a_blank_project_slug_is_not_found_never_an_unscoped_token(
+    auth_client: TestClient, root: str, slug: str
+) -> None:
+    """The reference normalises any given project_slug and answers 404 when that fails, so a
+    caller that meant to scope a token never silently gets an unscoped one."""
+    response = auth_client.post("/auth/token", json={"project_slug": slug}, headers=bearer(root))
+    assert_error(response, 404, "Project not found", "not_found")
+    null = auth_client.post("/auth/token", json={"project_slug": None}, headers=bearer(root))
+    assert null.status_code == 200 and null.json()["auth_token"]["project_id"] is None
