@@ -9,7 +9,8 @@ key (`kroma.vault`); the event carries only the `enc:v1:` ciphertext and the dat
 - `secret.declared` {project_id, provider_code, secret_name}: a metadata-only row (bootstrap
   import): a new row has an empty value (has_value false, key_ref `local-master`); an existing row
   only has its updated_at bumped, its value is never overwritten.
-- `secret.deleted` {project_id, provider_code, secret_name, key_id}: the row goes; the caller
+- `secret.deleted` {project_id, provider_code, secret_name, key_id, path_provider_code,
+  path_secret_name (the raw path values, for the audit trail)}: the row goes; the caller
   then destroys the data key, and every ciphertext of that value left in the log is undecryptable
   (crypto-shredding; the hash chain is untouched).
 - `secrets.rotated` {project_id, from_key_ref, force, target_key_ref, <counters>, secrets[]}:
@@ -125,17 +126,23 @@ def decide_declare(state: ProjectState, code: str, name: str, meta: Metadata) ->
     return NewEvent(project_stream(state.id), "secret.declared", data, meta)
 
 
-def decide_delete(state: ProjectState, code: str, name: str, meta: Metadata) -> tuple[NewEvent, str | None]:
-    """The delete event and the data key to destroy after it commits (None for an empty row)."""
+def decide_delete(
+    state: ProjectState, code: str, name: str, meta: Metadata, path: tuple[str, str] | None = None
+) -> tuple[NewEvent, str | None]:
+    """The delete event and the data key to destroy after it commits (None for an empty row).
+    `path`: the (provider code, secret name) as the request's path spelled them, which the audit
+    trail shows (contract §6.1)."""
     existing = find(state, code, name)
     if existing is None:
         raise NotFound(NOT_FOUND)
-    data = {
+    data: dict[str, Any] = {
         "project_id": state.id,
         "provider_code": code,
         "secret_name": name,
         "key_id": existing["key_id"],
     }
+    if path is not None:
+        data["path_provider_code"], data["path_secret_name"] = path
     return NewEvent(project_stream(state.id), "secret.deleted", data, meta), existing["key_id"]
 
 

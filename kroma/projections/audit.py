@@ -108,7 +108,11 @@ def _pick(*keys: str) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
 SUMMARIES: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "secret.set": _pick("provider_code", "secret_name", "key_ref"),
     "secret.declared": _pick("provider_code", "secret_name"),
-    "secret.deleted": _pick("provider_code", "secret_name"),
+    # The contract's delete payload: the path's own spelling (normalised for older events).
+    "secret.deleted": lambda d: {
+        "provider_code": d.get("path_provider_code", d.get("provider_code")),
+        "secret_name": d.get("path_secret_name", d.get("secret_name")),
+    },
     "secrets.rotated": _pick(
         "from_key_ref",
         "force",

@@ -327,3 +327,20 @@ def test_rebuild_reproduces_the_audit_trail(client: TestClient, project: dict[st
     client.blocking_portal.call(services.runner.rebuild, ["audit"])
     assert rows(client, "SELECT * FROM audit_entries ORDER BY position") == before
     assert json.loads(before[0]["summary"])["slug"] == "demo"
+
+
+def test_a_secret_delete_is_audited_with_the_raw_path_values(
+    client: TestClient, project: dict[str, Any]
+) -> None:
+    """Contract §6.1: the delete's audit payload carries the provider code and secret name exactly
+    as they appeared in the path (the upsert's, normalised); the entity is the normalised key."""
+    body = {"provider_code": "OpenAI", "secret_name": "api_key", "secret_value": "sk-raw-path"}
+    client.post("/api/projects/demo/secrets", json=body)
+    deleted = client.delete("/api/projects/demo/secrets/OpenAI/%20api_key%20")
+    assert deleted.status_code == 200, deleted.text
+    entry = entries(client, "/api/projects/demo/audit", type="secret.deleted")[0]
+    assert entry["id"] == deleted.json()["audit_id"]
+    assert entry["summary"] == {"provider_code": "OpenAI", "secret_name": " api_key "}
+    assert (entry["entity_type"], entry["entity_id"]) == ("secret", "openai/api_key")
+    upserted = entries(client, "/api/projects/demo/audit", type="secret.set")[0]
+    assert upserted["summary"]["provider_code"] == "openai"

@@ -146,7 +146,7 @@ async def delete_secret(
         await services.vault.keys()  # a key store that cannot shred fails before the delete
 
     def decide(s: Any, meta: Metadata) -> Decision:
-        event, key_id = domain.decide_delete(s, code, name, meta)
+        event, key_id = domain.decide_delete(s, code, name, meta, (provider_code, secret_name))
         return Decision([event], result=key_id)
 
     outcome = await services.commands.on_project(state.id, decide)
