@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import string
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
@@ -45,6 +46,10 @@ MSG_ITEM_CONTENT: Final = (
     "Field 'reference_sets[].items[]' requires at least one of: content_uri, content_text"
 )
 MSG_NOTHING: Final = "Import payload does not include any settings"
+MSG_BODY_NOT_JSON: Final = "Request body is not valid JSON"  # worded like kroma.http.errors
+
+#: serde_json's recursion limit: JSON nested this many arrays/objects deep does not parse (127 does).
+MAX_DEPTH: Final = 128
 
 
 def _trim(value: str) -> str:
@@ -301,11 +306,40 @@ def _reject_surrogates(value: Any) -> None:
             _reject_surrogates(item)
 
 
+def too_deep(value: Any) -> bool:
+    """Whether `value` nests arrays/objects MAX_DEPTH levels deep (the root is level 1). Iterative,
+    so any depth Python could build is safe to ask about."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth >= MAX_DEPTH:
+                return True
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return False
+
+
+def _finite(text: str) -> float:
+    """serde_json refuses a number beyond f64's range; Python would read it as an infinity."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number out of range: {text}")
+    return value
+
+
 def _loads(text: str) -> Any:
+    """Parse like serde_json: no NaN/Infinity, no out-of-range numbers, no lone surrogates, and
+    nothing nested MAX_DEPTH deep. Any refusal is a ValueError."""
+
     def no_constants(name: str) -> Any:
         raise ValueError(name)
 
-    value = json.loads(text, parse_constant=no_constants)
+    try:
+        value = json.loads(text, parse_constant=no_constants, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("nested too deep") from None
+    if too_deep(value):
+        raise ValueError("nested too deep")
     _reject_surrogates(value)
     return value
 
@@ -512,6 +546,8 @@ def parse_import_request(body: Any) -> ImportRequest:
     JSON type mismatches in the body itself (the framework's 422 in the reference system) raise a
     ValidationError "Field '<path>' must be <type>" instead.
     """
+    if too_deep(body):  # serde_json would not have parsed it (the framework's 400 in the reference)
+        raise ValidationError(MSG_BODY_NOT_JSON)
     try:
         if not isinstance(body, dict):
             raise _ShapeError("Request body must be a JSON object")
@@ -712,10 +748,30 @@ _TEXT_FIELDS: Final[dict[str, tuple[str, ...]]] = {
 _ITEM_TEXT: Final = ("label", "content_uri", "content_text")
 
 
+def _unsigned_zero(value: Any) -> Any:
+    """`value` with -0.0 as 0.0 (json_equal holds them equal), for a canonical text."""
+    if isinstance(value, float) and value == 0:
+        return 0.0
+    if isinstance(value, dict):
+        return {key: _unsigned_zero(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_unsigned_zero(item) for item in value]
+    return value
+
+
+def _item_order(item: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A canonical order of a set's items: sort_order, then content; equal items sort alike."""
+    metadata = json.dumps(_unsigned_zero(item.get("metadata_json", {})), sort_keys=True)
+    return (item.get("sort_order", 0), *(_text(item.get(f)) for f in _ITEM_TEXT), metadata)
+
+
 def _items_equal(left: list[dict[str, Any]], right: list[dict[str, Any]]) -> bool:
+    """The same items, compared in a canonical order rather than as listed: the store reads a set's
+    items back by sort_order and then by their random ids (§8.5), so the order among items with one
+    sort_order is no content, and a dry run (items as given) must compare like the real import."""
     if len(left) != len(right):
         return False
-    for a, b in zip(left, right, strict=True):
+    for a, b in zip(sorted(left, key=_item_order), sorted(right, key=_item_order), strict=True):
         if any(_text(a.get(f)) != _text(b.get(f)) for f in _ITEM_TEXT):
             return False
         if a.get("sort_order", 0) != b.get("sort_order", 0):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import traceback
 
 from litestar import Request, Response
 from litestar.exceptions import (
@@ -50,6 +51,14 @@ def _validation_message(exc: ValidationException) -> str:
     return "Request body must be a JSON object"
 
 
+def _body_nested_too_deep(exc: Exception) -> bool:
+    """The JSON body decoder ran out of stack: a body nested ~1000 levels deep (serde_json refuses
+    128), not a server fault."""
+    return isinstance(exc, RecursionError) and any(
+        frame.f_code.co_name == "decode_json" for frame, _line in traceback.walk_tb(exc.__traceback__)
+    )
+
+
 def to_response(request: Request, exc: Exception) -> Response[bytes]:
     if isinstance(exc, KromaError):
         if exc.status >= 500:
@@ -74,5 +83,7 @@ def to_response(request: Request, exc: Exception) -> Response[bytes]:
         return responses.error(ValidationError(describe_decode_error(str(exc.detail))))
     if isinstance(exc, HTTPException) and exc.status_code < 500:
         return responses.error(KromaError(str(exc.detail), status=exc.status_code, code="invalid_request"))
+    if _body_nested_too_deep(exc):
+        return responses.error(ValidationError("Request body is not valid JSON"))
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return responses.error(Internal())

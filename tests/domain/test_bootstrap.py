@@ -1186,3 +1186,51 @@ def test_new_entries_get_fresh_ids_and_now_timestamps() -> None:
     (set_row,) = result.after["reference_sets"]
     assert set_row["items"][0]["id"] == "new-0003"
     assert set_row["items"][0]["reference_set_id"] == "new-0002"
+
+
+# -- a dry run reports the changes the real import makes ------------------------------------------------
+
+
+def _faces(*items: dict[str, Any]) -> dict[str, Any]:
+    return snapshot(reference_sets=[ref_set("r1", "Faces", "", list(items))])
+
+
+def _faces_body(*items: dict[str, Any]) -> dict[str, Any]:
+    return {"settings": {"reference_sets": [{"name": "Faces", "items": list(items)}]}}
+
+
+def _set_changes(snap: dict[str, Any], body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the dry run's reference_sets changes, the real import's)."""
+    dry = preview(snap, parse_import_request({**body, "dry_run": True}), NOW, id_source())
+    real = plan(snap, body)
+    return dry.changes["reference_sets"], real.changes["reference_sets"]
+
+
+def test_items_given_out_of_sort_order_are_unchanged_in_the_dry_run_as_in_the_real_import() -> None:
+    snap = _faces(item("i1", "r1", "Front", sort_order=0), item("i2", "r1", "Side", sort_order=1))
+    body = _faces_body(
+        {"label": "Side", "content_text": "notes", "sort_order": 1},
+        {"label": "Front", "content_text": "notes", "sort_order": 0},
+    )
+    dry, real = _set_changes(snap, body)
+    assert (real["unchanged"], real["updated"]) == (1, 0)  # the store reads items back by sort_order
+    assert dry == real
+
+
+def test_items_with_equal_sort_order_compare_whatever_order_they_come_back_in() -> None:
+    # Items with one sort_order are read back by their random ids (contract §8.5): their order is
+    # no content. Here the new ids put the real import's items in the reverse of the old order.
+    snap = _faces(item("i1", "r1", "A"), item("i2", "r1", "B"))
+    same = _faces_body({"label": "B", "content_text": "notes"}, {"label": "A", "content_text": "notes"})
+    dry, real = _set_changes(snap, same)
+    assert (real["unchanged"], real["updated"]) == (1, 0)
+    assert dry == real
+    # a different item, or the same item twice instead of two, is still an update
+    for items in (
+        ({"label": "B", "content_text": "notes"}, {"label": "A", "content_text": "other"}),
+        ({"label": "A", "content_text": "notes"}, {"label": "A", "content_text": "notes"}),
+        ({"label": "A", "content_text": "notes", "sort_order": 1}, {"label": "B", "content_text": "notes"}),
+    ):
+        dry, real = _set_changes(snap, _faces_body(*items))
+        assert (real["unchanged"], real["updated"]) == (0, 1), items
+        assert dry == real

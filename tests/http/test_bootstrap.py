@@ -872,3 +872,223 @@ def test_with_auth_enforced_the_import_needs_a_token_and_is_audited_under_it(aut
     entries = ok(auth_client.get(f"{BASE}/audit", params={"type": "bootstrap.imported"}, headers=bearer))
     (entry,) = entries["audit_events"]
     assert (entry["id"], entry["token_id"]) == (imported["audit_id"], token["id"])
+
+
+# -- the dry run against the real import that follows ------------------------------------------------
+
+
+LEGACY_ITEM = {
+    "label": "Hero Face",
+    "content_text": "Legacy face reference notes",
+    "sort_order": 1,
+    "metadata_json": {"source": "legacy"},
+}
+TIES = [{"label": label, "content_text": label.lower()} for label in "ABCDEF"]
+DRY_THEN_REAL: list[dict[str, Any]] = [
+    FULL_REPLACE,
+    {key: value for key, value in DRY_RUN_REPLACE.items() if key != "dry_run"},
+    {"settings": {"project": {"name": "Bootstrap Demo"}}},
+    {"settings": {"project": {"description": ""}, "provider_accounts": [{"provider_code": "OpenAI"}]}},
+    {"settings": {"provider_accounts": [{"provider_code": "x", "config_json": {"a": 1}}]}},
+    {"settings": {"provider_accounts": [{"provider_code": "x", "config_json": {"a": 1.0}}]}},
+    {"settings": {"style_guides": [{"name": "Old Style", "instructions": "Old instructions", "notes": ""}]}},
+    # the seeded set, unchanged: its one item, then with a second item given before it
+    {"settings": {"reference_sets": [{"name": "Legacy References", "items": [LEGACY_ITEM]}]}},
+    {
+        "settings": {
+            "reference_sets": [
+                {"name": "Legacy References", "items": [{"label": "Zero", "content_uri": "z"}, LEGACY_ITEM]}
+            ]
+        }
+    },
+    {
+        "settings": {
+            "reference_sets": [
+                {"name": "Legacy References", "items": [LEGACY_ITEM, {"label": "Zero", "content_uri": "z"}]}
+            ]
+        }
+    },
+    # six items with one sort_order: read back in the order of their random ids
+    {"settings": {"reference_sets": [{"name": "Ties", "items": TIES}]}},
+    {"settings": {"reference_sets": [{"name": "Ties", "items": TIES[::-1]}]}},
+    {"mode": "replace", "settings": {"reference_sets": [{"name": "Ties", "items": TIES}]}},
+    {
+        "settings": {
+            "secrets": [
+                {"provider_code": "openai", "secret_name": "api_key"},
+                {"provider_code": "openai", "secret_name": "API_KEY"},
+            ]
+        }
+    },
+    {"mode": "replace", "settings": {section: [] for section in SECTIONS}},
+]
+
+
+def test_a_dry_run_reports_exactly_what_the_real_import_that_follows_reports(client: TestClient) -> None:
+    """Issue 6: a dry run appends nothing and returns the changes summary the real import would
+    produce. (The one documented exception, a name that differs from an existing one only in case,
+    is pinned in the next test.)"""
+    seed(client)
+    for body in DRY_THEN_REAL:
+        before_head, before_tables = head(client), dump_read_models(client)
+        dry = do_import(client, {**body, "dry_run": True})["bootstrap_import"]
+        assert (head(client), dump_read_models(client)) == (before_head, before_tables), body
+        real = do_import(client, body)["bootstrap_import"]
+        assert dry["changes"] == real["changes"], body
+        assert (dry["applied"], dry["project_updated"]) == (real["applied"], real["project_updated"]), body
+        assert content(dry["settings"]) == content(real["settings"]), body
+        assert dry["project"] == real["project"], body
+
+
+def test_the_one_documented_dry_run_difference_is_a_name_differing_only_in_case(client: TestClient) -> None:
+    """The reference's dry run matches entries to existing rows by their lower-cased name, while the
+    real import matches the store's case-sensitive names (contract §4.2, §10 item 10): a preview of
+    "old style" takes over "Old Style"; the real import adds a second row beside it."""
+    seed(client)
+    body = {"settings": {"style_guides": [{"name": "old style", "instructions": "Old instructions"}]}}
+    dry = do_import(client, {**body, "dry_run": True})["bootstrap_import"]
+    assert [s["name"] for s in dry["settings"]["style_guides"]] == ["old style"]
+    real = do_import(client, body)["bootstrap_import"]
+    assert sorted(s["name"] for s in real["settings"]["style_guides"]) == ["Old Style", "old style"]
+
+
+def test_reimporting_the_same_reference_items_counts_as_unchanged_whatever_their_order(
+    client: TestClient,
+) -> None:
+    seed(client)
+    first = do_import(client, {"settings": {"reference_sets": [{"name": "Ties", "items": TIES}]}})
+    assert first["bootstrap_import"]["changes"]["reference_sets"]["created"] == 1
+    for items in (TIES, TIES[::-1], TIES[2:] + TIES[:2]):
+        body = {"settings": {"reference_sets": [{"name": "Ties", "items": items}]}}
+        counts = do_import(client, body)["bootstrap_import"]["changes"]["reference_sets"]
+        assert (counts["unchanged"], counts["updated"]) == (2, 0), items
+    changed = [*TIES[:-1], {"label": "F", "content_text": "other"}]
+    body = {"settings": {"reference_sets": [{"name": "Ties", "items": changed}]}}
+    counts = do_import(client, body)["bootstrap_import"]["changes"]["reference_sets"]
+    assert (counts["unchanged"], counts["updated"]) == (1, 1)
+
+
+# -- adversarial bodies ----------------------------------------------------------------------------------
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def _provider_text(config_json: str, *, wrapped: bool = False) -> str:
+    """JSON text of a provider_accounts section whose config_json is the given JSON text."""
+    section = '{"provider_accounts": [{"provider_code": "deep", "config_json": ' + config_json + "}]}"
+    return '{"settings": ' + section + "}" if wrapped else section
+
+
+@pytest.mark.parametrize("depth", [124, 300, 990, 5000])
+def test_a_body_nested_deeper_than_serde_allows_is_a_400_never_a_500(client: TestClient, depth: int) -> None:
+    """serde_json refuses JSON nested 128 levels deep; the body's root object and settings, the
+    section array and the entry are four levels, so config_json may nest 123 levels."""
+    seed(client)
+    before = head(client)
+    for dry_run in ("false", "true"):
+        body = '{"dry_run": ' + dry_run + ', "settings": ' + _provider_text(_nested(depth)) + "}"
+        response = client.post(IMPORT, content=body.encode(), headers={"content-type": "application/json"})
+        assert_error(response, 400, "Request body is not valid JSON")
+    assert head(client) == before
+
+
+@pytest.mark.parametrize("depth", [128, 300, 990, 5000])
+def test_ai_response_text_nested_deeper_than_serde_allows_does_not_parse(
+    client: TestClient, depth: int
+) -> None:
+    seed(client)
+    before = head(client)
+    text = _provider_text(_nested(depth - 3))
+    for dry_run in (False, True):
+        response = client.post(IMPORT, json={"dry_run": dry_run, "ai_response_text": text})
+        assert_error(response, 400, "Could not parse JSON from 'ai_response_text'")
+    assert head(client) == before
+
+
+def test_json_nested_as_deep_as_serde_allows_imports_exports_and_rebuilds(client: TestClient) -> None:
+    """127 levels parse: the wrapper, settings, section, entry and 123 levels of config_json; the
+    body, settings, section, set, items, item and 121 levels of metadata_json."""
+    seed(client)
+    text = _provider_text(_nested(123), wrapped=True)
+    do_import(client, {"ai_response_text": text})
+    deep_item = {"label": "L", "content_uri": "u", "metadata_json": json.loads(_nested(121))}
+    do_import(client, {"settings": {"reference_sets": [{"name": "Deep", "items": [deep_item]}]}})
+    export = export_of(client)
+    assert export["prompt"].count("[") > 2 * 123
+    again = do_import(client, {"settings": export["settings"]})["bootstrap_import"]["changes"]
+    assert (again["provider_accounts"]["unchanged"], again["reference_sets"]["unchanged"]) == (2, 2)
+    tables = dump_read_models(client)
+    client.blocking_portal.call(services_of(client).runner.rebuild)
+    assert dump_read_models(client) == tables
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400"])
+def test_ai_response_text_with_a_number_beyond_f64_does_not_parse(client: TestClient, number: str) -> None:
+    """serde_json refuses a number out of f64 range; Python would read it as infinity, which a JSON
+    encoder then writes as null."""
+    seed(client)
+    before = head(client)
+    text = _provider_text('{"n": ' + number + "}")
+    assert_error(
+        client.post(IMPORT, json={"ai_response_text": text}),
+        400,
+        "Could not parse JSON from 'ai_response_text'",
+    )
+    assert head(client) == before
+
+
+# -- secrets, round trip through the CLI rebuild ----------------------------------------------------------
+
+
+def test_a_secret_with_a_value_survives_replace_imports_that_list_it_and_that_do_not(
+    client: TestClient,
+) -> None:
+    project = seed(client)
+    stored = secret_state(client, project["id"])
+    listed = {
+        "mode": "replace",
+        "settings": {"secrets": [{"provider_code": "openai", "secret_name": "api_key"}]},
+    }
+    omitted = {"mode": "replace", "settings": {"secrets": [], "provider_accounts": [], "characters": []}}
+    for body in (listed, omitted, {**listed, "dry_run": True}, {**omitted, "dry_run": True}):
+        result = do_import(client, body)["bootstrap_import"]
+        assert result["settings"]["secrets"] == [
+            {"provider_code": "openai", "secret_name": "api_key", "has_value": True}
+        ]
+        assert (
+            result["changes"]["secrets"]["deleted"] == 0 and result["changes"]["secrets"]["replaced"] is False
+        )
+    after = secret_state(client, project["id"])
+    assert {k: {f: v for f, v in row.items() if f != "updated_at"} for k, row in after.items()} == {
+        k: {f: v for f, v in row.items() if f != "updated_at"} for k, row in stored.items()
+    }
+    assert ok(client.get(f"{BASE}/secrets"))["secrets"][0]["has_value"] is True
+
+
+def test_kroma_projections_rebuild_reproduces_the_read_models_after_imports(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from kroma.cli import main
+    from kroma.config import Settings
+    from kroma.http.app import create_app
+
+    data_dir = tmp_path / "data"
+    with TestClient(create_app(Settings(data_dir=str(data_dir), auth_dev_bypass=True))) as client:
+        seed(client)
+        do_import(client, FULL_REPLACE)
+        do_import(client, {"settings": {"reference_sets": [{"name": "Ties", "items": TIES}]}})
+        do_import(client, {"mode": "replace", "settings": {"characters": [], "prompt_templates": []}})
+        before = dump_read_models(client)
+        readmodels = client.app.state.services.settings.readmodels_db
+
+    result = CliRunner().invoke(main, ["projections", "rebuild", "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+
+    db = sqlite3.connect(readmodels)
+    try:
+        after = {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in before}
+    finally:
+        db.close()
+    assert after == before
