@@ -96,6 +96,15 @@ async def authenticate(services: Services, bearer: str) -> Actor | None:
     return Actor(user_id=row["user_id"], token_id=row["id"], project_id=row["project_id"], principal="token")
 
 
+async def still_active(services: Services, token_id: str) -> bool:
+    """Whether the token is still active now (not revoked, not expired): long-lived requests (the
+    SSE stream) re-check the token they were authenticated with."""
+    row = await read.find_token(services.reader, token_id)
+    return row is not None and domain.is_active(
+        row["expires_at"], row["revoked_at"], services.clock.now_seconds()
+    )
+
+
 async def _project_for_token(services: Services, project_slug: str | None) -> str | None:
     """The project a token is scoped to: None when `project_slug` is absent (or null). Any given
     value, blank included, must name a project of `local` (else 404), as the reference does: a

@@ -10,7 +10,9 @@ from litestar import Request, Response, Router, get
 from litestar.params import FromPath
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
+from kroma import auth
 from kroma.domain.errors import NotFound
+from kroma.domain.handling import current_request
 from kroma.events.envelope import Event
 from kroma.http import responses
 from kroma.http.deps import ServicesDep, project_row
@@ -89,15 +91,23 @@ async def project_events(slug: FromPath[str], services: ServicesDep, request: Re
 
 @get("/api/events/stream")
 async def stream_events(services: ServicesDep, request: Request) -> ServerSentEvent:
-    """Server-Sent Events from `after` (or the Last-Event-ID header, which wins), then live."""
+    """Server-Sent Events from `after` (or the Last-Event-ID header, which wins), then live.
+    A stream opened with a token ends once that token is revoked or expired: each page is sent
+    only after the read models show it and the token is still active then."""
     resume = request.headers.get("last-event-id", "").strip()
     after = int(resume) if resume.isdigit() else max(0, int_param(request, "after", 0))
     types = set(_types(request) or ())
+    token_id = current_request.get().actor.token_id
 
     async def feed() -> AsyncGenerator[ServerSentEventMessage, None]:
         position = after
         while not services.stopping:  # a stopping server ends its streams within a poll
             page = await services.store.read_all(position, 500)
+            if token_id is not None:
+                if page:
+                    await services.settle(page[-1].position)
+                if not await auth.still_active(services, token_id):
+                    return
             if not page:
                 await services.store.wait_for_append(position, 0.5)
                 continue
