@@ -70,3 +70,79 @@ def test_a_live_stream_ends_when_its_token_is_revoked(start_server) -> None:
         assert not thread.is_alive(), lines
         assert lines[-1] == "<closed>"
         assert not [line for line in lines if line.startswith("event:")], lines
+
+
+def test_no_secret_or_token_in_any_file_or_log_line(start_server, tmp_path) -> None:
+    """A secret with a known value is set (after requests carrying it that fail at every stage),
+    rotated and deleted on a real server with auth on; then neither the value (raw, hex, base64)
+    nor any token is in any file of the data folder, in the server's log, or in any response, and
+    `kroma events verify` still passes."""
+    import base64
+    import subprocess
+    import sys
+    import uuid
+
+    value = f"sk-e2e-{uuid.uuid4().hex}{uuid.uuid4().hex}"
+    server: Server = start_server(KROMA_API_AUTH_DEV_BYPASS="0", KROMA_LOG_LEVEL="debug")
+    seen: list[str] = []
+    with httpx.Client(base_url=server.url) as http:
+        root = http.post("/auth/token", json={}).json()["auth_token"]["token"]
+        other = http.post("/auth/token", json={}, headers={"Authorization": f"Bearer {root}"})
+        tokens = [root, other.json()["auth_token"]["token"]]
+        h = {"Authorization": f"Bearer {root}"}
+        secrets = "/api/projects/demo/secrets"
+        body = {"provider_code": "openai", "secret_name": "api_key", "secret_value": value}
+        calls = [
+            ("POST", "/api/projects", {"json": {"name": "Demo", "slug": "demo"}, "headers": h}),
+            ("POST", secrets, {"json": body}),  # 401
+            ("POST", secrets, {"json": body, "headers": {"Authorization": f"Bearer {value}"}}),  # 401
+            ("POST", "/api/projects/nope/secrets", {"json": body, "headers": h}),  # 403
+            ("POST", secrets, {"json": {**body, "provider_code": 7}, "headers": h}),  # 400 type
+            ("POST", secrets, {"json": {**body, "secret_name": " "}, "headers": h}),  # 400
+            (
+                "POST",
+                secrets,
+                {
+                    "content": f'{{"secret_value": "{value}"',
+                    "headers": {**h, "content-type": "application/json"},
+                },
+            ),
+            ("POST", secrets, {"json": body, "headers": {**h, "Idempotency-Key": "k"}}),
+            (
+                "POST",
+                secrets,
+                {"json": {**body, "secret_name": "x"}, "headers": {**h, "Idempotency-Key": "k"}},
+            ),  # 422
+            ("POST", f"{secrets}/rotate", {"json": {"force": True}, "headers": h}),
+            ("GET", f"{secrets}/rotation-status", {"headers": h}),
+            ("GET", secrets, {"headers": h}),
+            ("GET", "/api/projects/demo/bootstrap-prompt", {"headers": h}),
+            ("DELETE", f"{secrets}/OpenAI/api_key", {"headers": h}),
+            ("GET", "/api/events", {"headers": h}),
+            ("GET", "/api/audit", {"headers": h}),
+            ("GET", "/auth/tokens", {"headers": h}),
+        ]
+        for method, path, kwargs in calls:
+            seen.append(http.request(method, path, **kwargs).text)
+    server.stop()
+
+    needles = {value.encode(), value.encode().hex().encode()}
+    needles |= {enc(value.encode()).rstrip(b"=") for enc in (base64.b64encode, base64.urlsafe_b64encode)}
+    needles |= {t.encode() for t in tokens} | {t[12:].encode() for t in tokens}
+    hits = []
+    for path in sorted([*server.data_dir.rglob("*"), server.log]):
+        if path.is_file():
+            blob = path.read_bytes()
+            hits += [f"{path.name}: {n[:16]!r}" for n in needles if n in blob]
+    assert hits == []
+    for text in seen:
+        assert value not in text and not any(t in text for t in tokens), text
+    assert "Internal server error" not in "".join(seen)
+
+    verify = subprocess.run(
+        [sys.executable, "-m", "kroma.cli", "events", "verify", "--data-dir", str(server.data_dir)],
+        capture_output=True,
+        text=True,
+    )
+    assert verify.returncode == 0, verify.stderr
+    assert "hash chain intact" in verify.stdout
