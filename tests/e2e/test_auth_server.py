@@ -146,3 +146,42 @@ def test_no_secret_or_token_in_any_file_or_log_line(start_server, tmp_path) -> N
     )
     assert verify.returncode == 0, verify.stderr
     assert "hash chain intact" in verify.stdout
+
+
+def test_cli_tokens_against_the_folder_of_a_running_server(start_server) -> None:
+    """`kroma tokens create|list|revoke` on the data folder a server is running on: the server
+    honours a CLI-created token at once (and the bootstrap closes), the CLI lists tokens the
+    server created, and a CLI revoke is refused by the server."""
+    import json
+    import subprocess
+    import sys
+
+    server: Server = start_server(KROMA_API_AUTH_DEV_BYPASS="0")
+
+    def kroma(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "kroma.cli", *args, "--data-dir", str(server.data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done
+
+    token = kroma("tokens", "create", "--label", "cli").stdout.strip()
+    with httpx.Client(base_url=server.url) as http:
+        h = {"Authorization": f"Bearer {token}"}
+        assert http.get("/auth/tokens", headers=h).status_code == 200
+        assert http.post("/auth/token", json={}).status_code == 401  # an active token exists now
+        made = http.post("/auth/token", json={"label": "srv"}, headers=h).json()["auth_token"]
+
+        listed = json.loads(kroma("tokens", "list", "--json").stdout)
+        assert [t["label"] for t in listed] == ["srv", "cli"]
+        assert token not in json.dumps(listed) and made["token"] not in json.dumps(listed)
+
+        kroma("tokens", "revoke", made["id"])
+        refused = http.get("/auth/tokens", headers={"Authorization": f"Bearer {made['token']}"})
+        assert refused.status_code == 401 and refused.json()["error"] == "Invalid or expired token"
+        kroma("tokens", "revoke", made["id"])  # idempotent
+        revoked = http.get("/auth/tokens", headers=h).json()["auth_tokens"]
+        assert [t["active"] for t in revoked] == [False, True]
