@@ -615,3 +615,36 @@ def test_a_blank_project_slug_is_not_found_never_an_unscoped_token(
     assert_error(response, 404, "Project not found", "not_found")
     null = auth_client.post("/auth/token", json={"project_slug": None}, headers=bearer(root))
     assert null.status_code == 200 and null.json()["auth_token"]["project_id"] is None
+
+
+def test_the_failure_messages_of_each_check(
+    auth_client: TestClient, root: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A check that cannot run (a read-model failure) refuses with the contract's message and
+    logs the failure, never the token."""
+    make_project(auth_client, root, "demo")
+    services = services_of(auth_client)
+    real_one = services.reader.one
+
+    async def no_projects(sql: str, params: tuple[Any, ...] = ()) -> Any:
+        if "FROM projects" in sql:
+            raise sqlite3.OperationalError("disk I/O error")
+        return await real_one(sql, params)
+
+    monkeypatch.setattr(services.reader, "one", no_projects)
+    response = auth_client.get("/api/projects/demo", headers=bearer(root))
+    assert_error(response, 403, "Project access check failed", "forbidden")
+    monkeypatch.setattr(services.reader, "one", real_one)
+
+    async def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(auth.read, "find_active_by_hash", broken)
+    assert_error(
+        auth_client.get("/auth/tokens", headers=bearer(root)), 401, "Token validation failed", "unauthorized"
+    )
+    monkeypatch.setattr(auth.read, "has_active", broken)
+    assert_error(
+        auth_client.post("/auth/token", json={}), 401, "Token bootstrap check failed", "unauthorized"
+    )
+    assert "disk I/O error" in caplog.text and root not in caplog.text
