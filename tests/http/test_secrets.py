@@ -4,7 +4,9 @@ reads, rotation with its counters and a new master key, and crypto-shredding on 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import sqlite3
 import stat
 import uuid
 from collections.abc import Iterator
@@ -353,6 +355,11 @@ def _scan(data_dir: Path, needles: set[bytes]) -> list[str]:
     return hits
 
 
+def _wrapped_keys(data_dir: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(data_dir / "keys.db")) as db:
+        return {row[0] for row in db.execute("SELECT wrapped FROM data_keys")}
+
+
 def test_deleting_a_secret_shreds_it_everywhere(open_client: Any, tmp_path: Path) -> None:
     data_dir = tmp_path / "shred"
     value = f"sk-shred-{uuid.uuid4().hex}{uuid.uuid4().hex}"
@@ -361,8 +368,12 @@ def test_deleting_a_secret_shreds_it_everywhere(open_client: Any, tmp_path: Path
     client = open_client(data_dir)
     assert client.post("/api/projects", json={"name": "Demo", "slug": "demo"}).status_code == 200
     put_secret(client, "demo", "openai", "api_key", f"  {value}  ")
+    wrapped = [_wrapped_keys(data_dir)]
     rotated = client.post(S.format("demo") + "/rotate", json={"force": True}).json()["rotation"]
     assert rotated["rotated"] == 1
+    wrapped.append(_wrapped_keys(data_dir))
+    assert wrapped[0] != wrapped[1] and len(wrapped[1]) == 1  # re-wrapped under the master key
+    needles |= {w.encode() for ws in wrapped for w in ws}  # the data key, in every wrapping
     assert client.delete(S.format("demo") + "/openai/api_key").status_code == 200
 
     [event] = events_of(client, "secret.set")
