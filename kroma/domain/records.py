@@ -61,6 +61,41 @@ class RecordKind:
 
 # -- values (no state needed) ---------------------------------------------------------------------
 
+INT64 = (-(2**63), 2**63 - 1)
+# serde_json's recursion limit: the reference cannot parse a body whose arrays/objects nest this many
+# levels deep (the body object is level 1), so such a body never reaches its handlers.
+MAX_JSON_DEPTH = 128
+BODY_NOT_JSON = "Request body is not valid JSON"  # worded like kroma.http.errors
+
+
+def _nests_too_deep(value: Any, depth: int) -> bool:
+    """Whether `value`, at nesting level `depth`, holds an array/object at MAX_JSON_DEPTH. Iterative,
+    so any depth the decoder could build is safe to ask about."""
+    stack = [(value, depth)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict | list):
+            if level >= MAX_JSON_DEPTH:
+                return True
+            stack.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return False
+
+
+def check_decodable(kind: RecordKind, cmd: msgspec.Struct) -> None:
+    """What the reference's JSON decoder refuses before any handler check: an integer field beyond
+    i64, a JSON field nested too deep. Either would also be an event no read model can fold (SQLite
+    integers are 64-bit; the projections recurse), so it must never reach the log."""
+    for name in kind.fields:
+        value = getattr(cmd, name)
+        if _is_json_field(name) and _nests_too_deep(value, 2):
+            raise ValidationError(BODY_NOT_JSON)
+        if isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
+            raise ValidationError(f"Field '{name}' must be a 64-bit integer")
+
+
+def _is_json_field(name: str) -> bool:
+    return name.endswith("_json")
+
 
 def _clean(kind: RecordKind, name: str, value: Any) -> Any:
     return value.strip() if kind.is_text(name) else value
@@ -69,6 +104,7 @@ def _clean(kind: RecordKind, name: str, value: Any) -> Any:
 def create_values(kind: RecordKind, cmd: msgspec.Struct) -> dict[str, Any]:
     """Every field of a new record: trimmed text (required ones non-empty, checked in field
     order), defaults for what is absent (JSON null counts as absent)."""
+    check_decodable(kind, cmd)
     values: dict[str, Any] = {}
     for name in kind.fields:
         raw = getattr(cmd, name)
@@ -84,6 +120,7 @@ def create_values(kind: RecordKind, cmd: msgspec.Struct) -> dict[str, Any]:
 def update_patch(kind: RecordKind, cmd: msgspec.Struct) -> dict[str, Any]:
     """The provided fields of a partial update (null counts as absent), text trimmed. Nothing
     provided is the contract's "Provide at least one of" 400, before any lookup."""
+    check_decodable(kind, cmd)
     patch = {
         name: _clean(kind, name, getattr(cmd, name)) for name in kind.fields if getattr(cmd, name) is not None
     }

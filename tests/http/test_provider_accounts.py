@@ -178,3 +178,33 @@ def test_racing_upserts_of_one_code_both_apply_in_log_order(client: TestClient, 
     listed = ok(client.get(BASE))
     assert listed["count"] == 1
     assert listed["provider_accounts"][0]["display_name"] == replaced[0]["data"]["display_name"]
+
+
+def test_config_nested_as_deep_as_serde_json_refuses_is_a_400_and_appends_nothing(
+    client: TestClient, project: dict
+) -> None:
+    """serde_json refuses a body nested 128 levels deep (the body object is the first level). Deeper
+    config was accepted here and, from ~490 levels on, broke a read model for good: every later
+    request answered 500."""
+    headers = {"content-type": "application/json"}
+
+    def config(depth: int) -> bytes:
+        return b'{"a":' * depth + b"1" + b"}" * depth
+
+    upsert(client, provider_code="openai")
+    for depth in (127, 500, 900):
+        body = b'{"provider_code":"fal","config_json":' + config(depth) + b"}"
+        assert_error(client.post(BASE, content=body, headers=headers), 400, "Request body is not valid JSON")
+        body = b'{"config_json":' + config(depth) + b"}"
+        for url in (f"{BASE}/openai", "/api/projects/nope/provider-accounts/!!!"):
+            assert_error(
+                client.put(url, content=body, headers=headers), 400, "Request body is not valid JSON"
+            )
+    assert [a["provider_code"] for a in ok(client.get(BASE))["provider_accounts"]] == ["openai"]
+    assert len(project_events(client, "demo", "provider_account.updated")) == 0
+    deepest = b'{"provider_code":"fal","config_json":' + config(126) + b"}"
+    assert (
+        ok(client.post(BASE, content=deepest, headers=headers))["provider_account"]["provider_code"] == "fal"
+    )
+    assert ok(client.put(f"{BASE}/openai", content=b'{"config_json":' + config(126) + b"}", headers=headers))
+    assert ok(client.get(BASE))["count"] == 2  # the read models still follow the log

@@ -237,3 +237,70 @@ def test_item_events_carry_project_set_and_item_ids(client: TestClient, project:
     assert (
         event["data"]["reference_set_id"] == ref_set["id"] and event["data"]["item_id"] == body["item"]["id"]
     )
+
+
+# -- values the reference's JSON decoder refuses --------------------------------------------------------
+
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def nested(depth: int) -> bytes:
+    """A JSON array nested `depth` levels deep."""
+    return b"[" * depth + b"]" * depth
+
+
+def post_raw(client: TestClient, url: str, body: bytes, method: str = "POST") -> Any:
+    return client.request(method, url, content=body, headers={"content-type": "application/json"})
+
+
+def test_sort_order_beyond_64_bits_is_a_400_before_any_lookup_and_appends_nothing(
+    client: TestClient, project: dict
+) -> None:
+    """The reference reads sort_order as an i64; a wider number was appended as an event no read
+    model can store, and every later request failed."""
+    ref_set = create_set(client)
+    item = create_item(client, ref_set["id"])
+    url = f"{BASE}/{ref_set['id']}/items"
+    message = "Field 'sort_order' must be a 64-bit integer"
+    before = len(project_events(client, "demo", "reference_set_item.created"))
+    for value in (INT64[1] + 1, INT64[0] - 1, 10**30):
+        body = {"label": "l", "content_text": "t", "sort_order": value}
+        assert_error(client.post(url, json=body), 400, message)
+        assert_error(client.put(f"{url}/{item['id']}", json={"sort_order": value}), 400, message)
+        missing = "/api/projects/nope/reference-sets/x/items"
+        assert_error(client.post(missing, json={"sort_order": value}), 400, message)  # before "label"
+        assert_error(client.put(f"{missing}/x", json={"sort_order": value}), 400, message)
+    assert len(project_events(client, "demo", "reference_set_item.created")) == before
+    for value in INT64:
+        assert create_item(client, ref_set["id"], f"edge{value}", sort_order=value)["sort_order"] == value
+        assert (
+            ok(client.put(f"{url}/{item['id']}", json={"sort_order": value}))["item"]["sort_order"] == value
+        )
+    assert [i["sort_order"] for i in ok(client.get(url))["items"]] == [INT64[0], INT64[1], INT64[1]]
+
+
+def test_metadata_nested_as_deep_as_serde_json_refuses_is_a_400_and_appends_nothing(
+    client: TestClient, project: dict
+) -> None:
+    """serde_json refuses a body nested 128 levels deep (the body object is the first level). Deeper
+    values were accepted here and, from ~490 levels on, broke a read model for good."""
+    ref_set = create_set(client)
+    item = create_item(client, ref_set["id"])
+    url = f"{BASE}/{ref_set['id']}/items"
+    for depth in (127, 500, 900):
+        body = b'{"label":"l","content_text":"t","metadata_json":' + nested(depth) + b"}"
+        assert_error(post_raw(client, url, body), 400, "Request body is not valid JSON")
+        body = b'{"metadata_json":' + nested(depth) + b"}"
+        assert_error(
+            post_raw(client, f"{url}/{item['id']}", body, "PUT"), 400, "Request body is not valid JSON"
+        )
+        assert_error(
+            post_raw(client, "/api/projects/nope/reference-sets/x/items/x", body, "PUT"),
+            400,
+            "Request body is not valid JSON",
+        )
+    deepest = b'{"label":"deep","content_text":"t","metadata_json":' + nested(126) + b"}"
+    created = ok(post_raw(client, url, deepest))["item"]
+    assert created["label"] == "deep"
+    assert ok(post_raw(client, f"{url}/{item['id']}", b'{"metadata_json":' + nested(126) + b"}", "PUT"))
+    assert ok(client.get(url))["count"] == 2  # the read models still follow the log
