@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import re
+
 from litestar import Request
 
 from kroma.domain.errors import ValidationError
+
+# What the reference's query parser reads as an integer (Rust's i64 FromStr): ASCII digits with an
+# optional sign. Python's int() would also take "1_000" and non-ASCII digits.
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
 
 
 def int_param(request: Request, name: str, default: int) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw.strip() == "":
         return default
-    try:
-        return int(raw.strip())
-    except ValueError:
-        raise ValidationError(f"Query parameter '{name}' must be an integer") from None
+    if not _INTEGER.fullmatch(raw.strip()):
+        raise ValidationError(f"Query parameter '{name}' must be an integer")
+    return int(raw.strip())
 
 
 def limit_param(request: Request, default: int, maximum: int) -> int:

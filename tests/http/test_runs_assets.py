@@ -274,6 +274,28 @@ def test_non_numeric_limit_is_400(client: TestClient, project: dict) -> None:
     assert_error(response, 400, "Query parameter 'limit' must be an integer")
 
 
+LISTS_WITH_LIMIT = ("runs", "assets", "quality-reports", "cost-events", "exports")
+
+
+@pytest.mark.parametrize("value", ["abc", "1.5", "1e3", "1_0", "\u0663", "0x10", "--1"])
+def test_a_limit_the_reference_cannot_parse_is_400_before_the_project_lookup(
+    client: TestClient, project: dict, value: str
+) -> None:
+    """The query string is parsed before the handler runs (contract §8.1 step 3, before the lookup
+    at step 7), as an i64: only ASCII digits with an optional sign (Python's int() also takes "1_0"
+    and non-ASCII digits)."""
+    for path in LISTS_WITH_LIMIT:
+        for slug in ("demo", "nope"):
+            response = client.get(f"/api/projects/{slug}/{path}", params={"limit": value})
+            assert_error(response, 400, "Query parameter 'limit' must be an integer")
+
+
+def test_a_signed_limit_is_a_number(client: TestClient, project: dict) -> None:
+    for path in LISTS_WITH_LIMIT:
+        assert client.get(f"{BASE}/{path}", params={"limit": "+2"}).status_code == 200
+        assert client.get(f"{BASE}/{path}", params={"limit": "-2"}).status_code == 200
+
+
 def test_lifecycle_events_and_re_recording(client: TestClient, project: dict) -> None:
     pid = project["id"]
     append(

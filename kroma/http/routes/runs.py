@@ -20,8 +20,9 @@ RUN_NOT_FOUND = "Run not found"
 
 @get("/{slug:str}/runs")
 async def list_runs(slug: FromPath[str], services: ServicesDep, request: Request) -> Response[bytes]:
+    limit = limit_param(request, 200, 1000)  # the query is parsed before the lookup (§8.1)
     row = await project_row(services, slug)
-    runs = await read.newest_first(services.reader, "runs", row["id"], limit_param(request, 200, 1000))
+    runs = await read.newest_first(services.reader, "runs", row["id"], limit)
     return responses.ok(count=len(runs), runs=runs)
 
 
@@ -48,8 +49,9 @@ async def run_jobs(slug: FromPath[str], run_id: FromPath[str], services: Service
 
 @get("/{slug:str}/assets")
 async def list_assets(slug: FromPath[str], services: ServicesDep, request: Request) -> Response[bytes]:
+    limit = limit_param(request, 500, 2000)
     row = await project_row(services, slug)
-    assets = await read.newest_first(services.reader, "assets", row["id"], limit_param(request, 500, 2000))
+    assets = await read.newest_first(services.reader, "assets", row["id"], limit)
     return responses.ok(count=len(assets), assets=assets)
 
 
@@ -68,28 +70,25 @@ async def asset_detail(
 async def list_quality_reports(
     slug: FromPath[str], services: ServicesDep, request: Request
 ) -> Response[bytes]:
+    limit = limit_param(request, 500, 2000)
     row = await project_row(services, slug)
-    reports = await read.newest_first(
-        services.reader, "quality_reports", row["id"], limit_param(request, 500, 2000)
-    )
+    reports = await read.newest_first(services.reader, "quality_reports", row["id"], limit)
     return responses.ok(count=len(reports), quality_reports=reports)
 
 
 @get("/{slug:str}/cost-events")
 async def list_cost_events(slug: FromPath[str], services: ServicesDep, request: Request) -> Response[bytes]:
+    limit = limit_param(request, 500, 2000)
     row = await project_row(services, slug)
-    costs = await read.newest_first(
-        services.reader, "cost_events", row["id"], limit_param(request, 500, 2000)
-    )
+    costs = await read.newest_first(services.reader, "cost_events", row["id"], limit)
     return responses.ok(count=len(costs), cost_events=costs)
 
 
 @get("/{slug:str}/exports")
 async def list_exports(slug: FromPath[str], services: ServicesDep, request: Request) -> Response[bytes]:
+    limit = limit_param(request, 500, 2000)
     row = await project_row(services, slug)
-    exports = await read.newest_first(
-        services.reader, "project_exports", row["id"], limit_param(request, 500, 2000)
-    )
+    exports = await read.newest_first(services.reader, "project_exports", row["id"], limit)
     return responses.ok(count=len(exports), exports=exports)
 
 
