@@ -7,6 +7,7 @@ from litestar.testing import TestClient
 
 from kroma.domain.assets import AssetRecord, asset_recorded
 from tests.http.log_seed import append, assert_error, event_of
+from tests.http.records_support import project_events, race
 
 LINKS = "/api/projects/demo/asset-links"
 TYPES_MESSAGE = "Field 'link_type' must be one of: derived_from, variant_of, mask_for, reference_of"
@@ -193,3 +194,26 @@ def test_link_of_another_project_is_not_found(client: TestClient, assets: dict) 
     assert_error(client.get(f"/api/projects/other/asset-links/{link['id']}"), 404, "Asset link not found")
     assert_error(client.delete(f"/api/projects/other/asset-links/{link['id']}"), 404, "Asset link not found")
     assert client.get("/api/projects/other/asset-links").json()["count"] == 0
+
+
+def test_racing_creates_of_one_link_admit_exactly_one(client: TestClient, assets: dict) -> None:
+    body = {"parent_asset_id": "a1", "child_asset_id": "a2", "link_type": "variant_of"}
+    responses = race(client, ("POST", LINKS, body), ("POST", LINKS, body))
+    assert sorted(r.status_code for r in responses) == [200, 400]
+    assert_error(next(r for r in responses if r.status_code == 400), 400, "Asset link already exists")
+    assert client.get(LINKS).json()["count"] == 1
+    assert len(project_events(client, "demo", "asset_link.created")) == 1
+
+
+def test_racing_updates_of_one_link_both_apply_and_the_later_event_wins(
+    client: TestClient, assets: dict
+) -> None:
+    link = _create(client, parent_asset_id="a1", child_asset_id="a2")["asset_link"]
+    url = f"{LINKS}/{link['id']}"
+    responses = race(client, ("PUT", url, {"link_type": "mask_for"}), ("PUT", url, {"child_asset_id": "a3"}))
+    assert [r.status_code for r in responses] == [200, 200], [r.text for r in responses]
+    events = project_events(client, "demo", "asset_link.updated")
+    assert {r.json()["audit_id"] for r in responses} == {e["event_id"] for e in events}
+    # the later one was decided on the earlier one's result: nothing is lost
+    current = client.get(url).json()["asset_link"]
+    assert (current["child_asset_id"], current["link_type"]) == ("a3", "mask_for")

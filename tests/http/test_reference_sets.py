@@ -304,3 +304,15 @@ def test_metadata_nested_as_deep_as_serde_json_refuses_is_a_400_and_appends_noth
     assert created["label"] == "deep"
     assert ok(post_raw(client, f"{url}/{item['id']}", b'{"metadata_json":' + nested(126) + b"}", "PUT"))
     assert ok(client.get(url))["count"] == 2  # the read models still follow the log
+
+
+def test_racing_item_updates_both_apply_and_the_later_event_wins(client: TestClient, project: dict) -> None:
+    ref_set = create_set(client)
+    item = create_item(client, ref_set["id"])
+    url = f"{BASE}/{ref_set['id']}/items/{item['id']}"
+    responses = race(client, ("PUT", url, {"label": "first"}), ("PUT", url, {"sort_order": 7}))
+    assert [r.status_code for r in responses] == [200, 200]
+    events = project_events(client, "demo", "reference_set_item.updated")
+    assert {r.json()["audit_id"] for r in responses} == {e["event_id"] for e in events}
+    current = ok(client.get(url))["item"]
+    assert (current["label"], current["sort_order"]) == ("first", 7)
