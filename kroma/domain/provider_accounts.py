@@ -59,6 +59,7 @@ def provider_code(raw: str | None) -> str:
 
 def upsert_values(cmd: UpsertProviderAccount) -> tuple[str, dict[str, Any]]:
     """(code, every field) of an upsert; checked before the project lookup."""
+    records.check_decodable(KIND, cmd)  # what the reference's decoder refuses comes first
     code = provider_code(cmd.provider_code)
     values = records.create_values(
         KIND, msgspec.structs.replace(cmd, display_name=(cmd.display_name or "").strip() or code)

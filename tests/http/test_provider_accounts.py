@@ -193,8 +193,11 @@ def test_config_nested_as_deep_as_serde_json_refuses_is_a_400_and_appends_nothin
 
     upsert(client, provider_code="openai")
     for depth in (127, 500, 900):
-        body = b'{"provider_code":"fal","config_json":' + config(depth) + b"}"
-        assert_error(client.post(BASE, content=body, headers=headers), 400, "Request body is not valid JSON")
+        for code in (b'"fal"', b'"!!!"', b"null"):  # the body's decoding comes before its checks
+            body = b'{"provider_code":' + code + b',"config_json":' + config(depth) + b"}"
+            for url in (BASE, "/api/projects/nope/provider-accounts"):
+                response = client.post(url, content=body, headers=headers)
+                assert_error(response, 400, "Request body is not valid JSON")
         body = b'{"config_json":' + config(depth) + b"}"
         for url in (f"{BASE}/openai", "/api/projects/nope/provider-accounts/!!!"):
             assert_error(
