@@ -173,6 +173,35 @@ def test_confirm_and_cancel_require_a_json_body(client: TestClient, project: dic
     assert client.get(f"{BASE}/{instruction['id']}").json()["instruction"]["status"] == "pending"
 
 
+def test_a_confirm_or_cancel_body_that_is_not_a_json_object_is_a_400_envelope_before_any_lookup(
+    client: TestClient, project: dict
+) -> None:
+    """The body is read before the handler (the reference's framework 400/422), so also on a missing
+    project or instruction; never a 500, and nothing is appended."""
+    instruction = _create(client)["instruction"]
+    store = services_of(client).store
+    before = client.blocking_portal.call(store.head)
+    bodies = {
+        b"": "Request body must be a JSON object",
+        b"null": "Request body must be a JSON object",
+        b"[]": "Request body must be a JSON object",
+        b'"x"': "Request body must be a JSON object",
+        b"{": "Request body is not valid JSON",
+        b'{"message": 1}': "Field 'message' must be str | null, not int",
+    }
+    for action in ("confirm", "cancel"):
+        for url in (
+            f"{BASE}/{instruction['id']}/{action}",
+            f"{BASE}/missing/{action}",
+            f"/api/projects/nope/agent/instructions/x/{action}",
+        ):
+            for body, message in bodies.items():
+                headers = {"content-type": "application/json"}
+                assert_error(client.post(url, content=body, headers=headers), 400, message)
+    assert client.blocking_portal.call(store.head) == before
+    assert client.get(f"{BASE}/{instruction['id']}").json()["instruction"]["status"] == "pending"
+
+
 def test_list_is_updated_at_desc_with_log_order_breaking_ties(client: TestClient, project: dict) -> None:
     a, b = _create(client, "a")["instruction"], _create(client, "b")["instruction"]
     assert [i["id"] for i in client.get(BASE).json()["instructions"]] == [b["id"], a["id"]]
