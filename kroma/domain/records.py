@@ -68,6 +68,10 @@ MAX_JSON_DEPTH = 128
 BODY_NOT_JSON = "Request body is not valid JSON"  # worded like kroma.http.errors
 
 
+def _is_json_field(name: str) -> bool:
+    return name.endswith("_json")
+
+
 def _nests_too_deep(value: Any, depth: int) -> bool:
     """Whether `value`, at nesting level `depth`, holds an array/object at MAX_JSON_DEPTH. Iterative,
     so any depth the decoder could build is safe to ask about."""
@@ -91,10 +95,6 @@ def check_decodable(kind: RecordKind, cmd: msgspec.Struct) -> None:
             raise ValidationError(BODY_NOT_JSON)
         if isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
             raise ValidationError(f"Field '{name}' must be a 64-bit integer")
-
-
-def _is_json_field(name: str) -> bool:
-    return name.endswith("_json")
 
 
 def _clean(kind: RecordKind, name: str, value: Any) -> Any:
