@@ -169,14 +169,16 @@ def projections() -> None:
 def projections_status(data_dir: str | None) -> None:
     """Each projection's checkpoint against the log head."""
 
-    async def status(s: Services) -> tuple[int, dict[str, int]]:
-        return await s.store.head(), await s.runner.checkpoints()
+    async def status(s: Services) -> tuple[int, dict[str, int], list]:
+        return await s.store.head(), await s.runner.checkpoints(), await s.runner.failures()
 
-    head, checkpoints = _with_services(_settings(data_dir), status)
+    head, checkpoints, failures = _with_services(_settings(data_dir), status)
     click.echo(f"log head: {head}")
     for name, position in sorted(checkpoints.items()):
         lag = head - position
         click.echo(f"  {name:<24} {position:>10}  {'up to date' if lag == 0 else f'{lag} behind'}")
+    for name, position, type_, error in failures:
+        click.echo(f"  ! {name} skipped event {position} ({type_}): {error}")
 
 
 @projections.command("rebuild")

@@ -29,8 +29,15 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     name     TEXT PRIMARY KEY,
     version  INTEGER NOT NULL,
     position INTEGER NOT NULL
-);
-"""
+)"""
+FAILURES = """
+CREATE TABLE IF NOT EXISTS projection_failures (
+    name     TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    type     TEXT NOT NULL,
+    error    TEXT NOT NULL,
+    PRIMARY KEY (name, position)
+)"""
 
 Progress = Callable[[int, int], None]  # (position reached, head)
 
@@ -72,7 +79,8 @@ class ProjectionRunner:
         """Create tables; a projection whose code version changed is dropped and starts over."""
 
         def prepare(db: sqlite3.Connection) -> None:
-            db.execute(CHECKPOINTS.strip().rstrip(";"))
+            db.execute(CHECKPOINTS)
+            db.execute(FAILURES)
             stored = dict(db.execute("SELECT name, version FROM checkpoints").fetchall())
             existing = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             for p in self.projections:
@@ -89,6 +97,7 @@ class ProjectionRunner:
         for table in p.tables:
             db.execute(f"DROP TABLE IF EXISTS {table}")
         db.execute("DELETE FROM checkpoints WHERE name = ?", (p.name,))
+        db.execute("DELETE FROM projection_failures WHERE name = ?", (p.name,))
 
     @staticmethod
     def _create(db: sqlite3.Connection, p: Projection) -> None:
@@ -101,9 +110,11 @@ class ProjectionRunner:
         rows = await self._conn.execute_fetchall("SELECT name, position FROM checkpoints")
         return {name: pos for name, pos in rows}
 
-    def _apply(self, db: sqlite3.Connection, events: list[Event]) -> int:
+    def _apply(self, db: sqlite3.Connection, events: list[Event], isolate: bool = False) -> int:
         """Apply one page to every projection that has reached its start; returns the new
-        minimum checkpoint."""
+        minimum checkpoint. With `isolate`, each event is applied under its own savepoint and one
+        that fails is recorded in `projection_failures` and skipped, so a single event no
+        projection can fold does not stall every read model (and every request waiting on them)."""
 
         def apply(db: sqlite3.Connection) -> int:
             checkpoints = dict(db.execute("SELECT name, position FROM checkpoints").fetchall())
@@ -115,12 +126,35 @@ class ProjectionRunner:
                 handles = p.handles
                 for event in events:
                     if event.position > checkpoint and (handles is None or event.type in handles):
-                        p.apply(db, event)
+                        if isolate:
+                            self._apply_isolated(db, p, event)
+                        else:
+                            p.apply(db, event)
                 db.execute("UPDATE checkpoints SET position = ? WHERE name = ?", (last, p.name))
                 checkpoints[p.name] = last
             return min((checkpoints.get(p.name, 0) for p in self.projections), default=last)
 
         return dbthread.in_transaction(db, apply)
+
+    @staticmethod
+    def _apply_isolated(db: sqlite3.Connection, p: Projection, event: Event) -> None:
+        db.execute("SAVEPOINT fold")
+        try:
+            p.apply(db, event)
+        except Exception as exc:
+            db.execute("ROLLBACK TO fold")
+            log.error("projection %s cannot fold event %s (%s): %r", p.name, event.position, event.type, exc)
+            db.execute(
+                "INSERT OR REPLACE INTO projection_failures VALUES (?, ?, ?, ?)",
+                (p.name, event.position, event.type, repr(exc)[:500]),
+            )
+        db.execute("RELEASE fold")
+
+    async def failures(self) -> list[tuple[str, int, str, str]]:
+        """(projection, position, event type, error) for every event a projection skipped."""
+        assert self._conn is not None
+        rows = await self._conn.execute_fetchall("SELECT * FROM projection_failures ORDER BY position, name")
+        return [tuple(r) for r in rows]  # type: ignore[misc]
 
     async def catch_up(self, progress: Progress | None = None) -> int:
         """Apply every committed event; returns the position reached."""
@@ -132,7 +166,11 @@ class ProjectionRunner:
             if not events:
                 self._advance(low)
                 return low
-            reached = await dbthread.run(self._conn, self._apply, events)
+            try:
+                reached = await dbthread.run(self._conn, self._apply, events)
+            except Exception:
+                log.exception("projection page after %s failed; refolding it event by event", low)
+                reached = await dbthread.run(self._conn, self._apply, events, True)
             self._advance(reached)
             if progress is not None:
                 progress(reached, max(head, reached))

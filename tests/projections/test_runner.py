@@ -12,6 +12,10 @@ from kroma.events.sqlite import SQLiteEventStore
 from kroma.projections.runner import ProjectionRunner
 
 
+class Crash(BaseException):
+    """Stands for the process dying mid-batch (not an error the runner may handle)."""
+
+
 class Counter:
     """A tiny projection: counts events per stream; can be told to fail on one position."""
 
@@ -20,13 +24,16 @@ class Counter:
     handles = frozenset({"tick"})
     schema = "CREATE TABLE counts (stream_id TEXT PRIMARY KEY, n INTEGER NOT NULL)"
 
-    def __init__(self, version: int = 1, fail_at: int | None = None) -> None:
+    def __init__(self, version: int = 1, fail_at: int | None = None, crash_at: int | None = None) -> None:
         self.version = version
         self.fail_at = fail_at
+        self.crash_at = crash_at
 
     def apply(self, db: sqlite3.Connection, event: Event) -> None:
+        if event.position == self.crash_at:
+            raise Crash()
         if event.position == self.fail_at:
-            raise RuntimeError("crash mid-batch")
+            raise RuntimeError("cannot fold this event")
         db.execute(
             "INSERT INTO counts VALUES (?, 1) ON CONFLICT(stream_id) DO UPDATE SET n = n + 1",
             (event.stream_id,),
@@ -62,9 +69,9 @@ async def test_catch_up_applies_every_event_once_and_records_checkpoint(store, t
 
 async def test_a_crash_mid_batch_leaves_rows_and_checkpoint_untouched(store, tmp_path) -> None:
     await ticks(store, "a", "b", "c")
-    broken = ProjectionRunner(store, str(tmp_path / "rm.db"), [Counter(fail_at=2)])
+    broken = ProjectionRunner(store, str(tmp_path / "rm.db"), [Counter(crash_at=2)])
     await broken.open()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(Crash):
         await broken.catch_up()
     assert counts(tmp_path / "rm.db") == {} and await broken.checkpoints() == {"counter": 0}
     await broken.close()
@@ -125,4 +132,17 @@ async def test_a_projection_behind_a_page_is_not_overrun(store, tmp_path) -> Non
     await ticks(store, "e")
     await runner.catch_up()
     assert counts(tmp_path / "rm.db") == {s: 1 for s in "abcde"}
+    await runner.close()
+
+
+async def test_an_event_a_projection_cannot_fold_is_recorded_and_skipped_not_a_stall(store, tmp_path) -> None:
+    await ticks(store, "a", "b", "c")
+    runner = ProjectionRunner(store, str(tmp_path / "rm.db"), [Counter(fail_at=2)])
+    await runner.open()
+    assert await runner.catch_up() == 3
+    assert counts(tmp_path / "rm.db") == {"a": 1, "c": 1}
+    failures = await runner.failures()
+    assert [(name, pos, typ) for name, pos, typ, _ in failures] == [("counter", 2, "tick")]
+    await ticks(store, "d")
+    assert await runner.catch_up() == 4  # later events still flow
     await runner.close()
