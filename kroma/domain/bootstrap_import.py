@@ -1019,18 +1019,18 @@ def plan_import(
     for section in SECTIONS:
         if request.replaces(section):
             planner.clear(section)
-    for spec in settings.provider_accounts or ():
-        planner.provider(spec)
-    for spec in settings.style_guides or ():
-        planner.named("style_guides", spec, StyleGuideUpsert)
-    for spec in settings.characters or ():
-        planner.named("characters", spec, CharacterUpsert)
-    for spec in settings.reference_sets or ():
-        planner.reference_set(spec)
-    for spec in settings.secrets or ():
-        planner.secret(spec)
-    for spec in settings.prompt_templates or ():
-        planner.named("prompt_templates", spec, PromptTemplateUpsert)
+    for account in settings.provider_accounts or ():
+        planner.provider(account)
+    for style in settings.style_guides or ():
+        planner.named("style_guides", style, StyleGuideUpsert)
+    for character in settings.characters or ():
+        planner.named("characters", character, CharacterUpsert)
+    for reference_set in settings.reference_sets or ():
+        planner.reference_set(reference_set)
+    for secret in settings.secrets or ():
+        planner.secret(secret)
+    for template in settings.prompt_templates or ():
+        planner.named("prompt_templates", template, PromptTemplateUpsert)
     planner.ops.append(ProjectTouched(now))
     after = read_ordered(planner.after)
     return ImportPlan(

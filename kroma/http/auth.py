@@ -144,7 +144,7 @@ async def _actor(scope: Scope) -> Actor:
     bearer = bearer_token(scope)
     if bearer is None:
         if (
-            scope["method"] == "POST"
+            scope.get("method", "") == "POST"
             and scope["path"] == "/auth/token"
             and settings.auth_bootstrap_first_token
             and is_loopback_bind(settings.bind)
@@ -183,17 +183,7 @@ class AuthMiddleware:
             actor = await _actor(scope)
         except KromaError as exc:
             body = responses.encode(responses.error_body(exc.message, exc.kind, exc.code))
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": exc.status,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await responses.send_json(send, exc.status, body)
             return
         token = current_request.set(dataclasses.replace(current_request.get(), actor=actor))
         try:

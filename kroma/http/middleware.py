@@ -15,7 +15,7 @@ import dataclasses
 import weakref
 from typing import Any
 
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from kroma.crypto import pepper
 from kroma.domain.handling import current_request
@@ -35,17 +35,6 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _send_json(send: Send, status: int, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -58,7 +47,7 @@ class RequestContextMiddleware:
         ctx = dataclasses.replace(
             current_request.get(), request_id=_header(scope, b"x-request-id") or services.clock.new_id()
         )
-        replayable = scope["method"] in MUTATING and scope["path"] not in NO_REPLAY
+        replayable = scope.get("method", "") in MUTATING and scope["path"] not in NO_REPLAY
         key = _header(scope, b"idempotency-key") if replayable else None
         if not key:
             token = current_request.set(ctx)
@@ -74,13 +63,13 @@ class RequestContextMiddleware:
     ) -> None:
         chunks: list[bytes] = []
         while True:
-            message = await receive()
+            message: Any = await receive()
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
         digest = pepper.fingerprint(
-            services.fingerprint_key, scope["method"].encode(), scope["path"].encode(), body
+            services.fingerprint_key, str(scope.get("method", "")).encode(), scope["path"].encode(), body
         )
         lock = _locks.setdefault(key, asyncio.Lock())
         async with lock:
@@ -88,7 +77,7 @@ class RequestContextMiddleware:
             if found is not None:
                 fingerprint, result = found
                 if fingerprint != digest:
-                    await _send_json(
+                    await responses.send_json(
                         send,
                         422,
                         responses.encode(
@@ -101,11 +90,11 @@ class RequestContextMiddleware:
                     )
                     return
                 if result.response is not None:
-                    await _send_json(send, 200, result.response)
+                    await responses.send_json(send, 200, result.response)
                     return
             replayed = False
 
-            async def replay() -> Message:
+            async def replay() -> Any:
                 nonlocal replayed
                 if replayed:
                     return await receive()
@@ -115,7 +104,7 @@ class RequestContextMiddleware:
             status = 0
             sent: list[bytes] = []
 
-            async def capture(message: Message) -> None:
+            async def capture(message: Any) -> None:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]

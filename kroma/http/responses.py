@@ -33,3 +33,14 @@ def error(exc: KromaError) -> Response[bytes]:
 
 def encode(value: Any) -> bytes:
     return _encoder.encode(value)
+
+
+async def send_json(send: Any, status: int, body: bytes) -> None:
+    """Answer straight from ASGI middleware (before Litestar's response machinery runs)."""
+    start: Any = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    }
+    await send(start)
+    await send({"type": "http.response.body", "body": body})

@@ -134,6 +134,7 @@ def summarize(event: Event) -> tuple[str, str | None, dict[str, Any]]:
     d = event.data
     prefix = event.type.split(".", 1)[0]
     entity = _ENTITY_ALIASES.get(prefix, prefix)
+    entity_id: str | None
     if prefix == "secret":
         entity_id = f"{d.get('provider_code')}/{d.get('secret_name')}"
     elif prefix == "provider_account":

@@ -22,7 +22,7 @@ class ReadModels:
 
     async def open(self) -> None:
         self._conn = await dbthread.connect(self.path)
-        self._conn.row_factory = _dict_factory
+        self._conn.row_factory = _dict_factory  # type: ignore[assignment]  # any callable works
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -31,7 +31,8 @@ class ReadModels:
 
     async def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         assert self._conn is not None, "read models are not open"
-        return list(await self._conn.execute_fetchall(sql, params))
+        rows: Any = await self._conn.execute_fetchall(sql, params)  # dicts, by _dict_factory
+        return list(rows)
 
     async def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         rows = await self.all(sql, params)

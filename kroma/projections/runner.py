@@ -154,7 +154,7 @@ class ProjectionRunner:
         """(projection, position, event type, error) for every event a projection skipped."""
         assert self._conn is not None
         rows = await self._conn.execute_fetchall("SELECT * FROM projection_failures ORDER BY position, name")
-        return [tuple(r) for r in rows]  # type: ignore[misc]
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     async def catch_up(self, progress: Progress | None = None) -> int:
         """Apply every committed event; returns the position reached."""

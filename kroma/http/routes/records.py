@@ -51,7 +51,9 @@ def named_router(path: str, table: RecordProjection, body: type[msgspec.Struct],
 
     @post("/")
     async def create_record(
-        slug: FromPath[str], data: JSONBody[body], services: ServicesDep
+        slug: FromPath[str],
+        data: JSONBody[body],  # type: ignore[valid-type]  # one router per record kind
+        services: ServicesDep,
     ) -> Response[bytes]:
         values = records.create_values(kind, data)
         state = await project_state(services, slug)
@@ -74,7 +76,10 @@ def named_router(path: str, table: RecordProjection, body: type[msgspec.Struct],
 
     @put("/{record_id:str}")
     async def update_record(
-        slug: FromPath[str], record_id: FromPath[str], data: JSONBody[body], services: ServicesDep
+        slug: FromPath[str],
+        record_id: FromPath[str],
+        data: JSONBody[body],  # type: ignore[valid-type]  # one router per record kind
+        services: ServicesDep,
     ) -> Response[bytes]:
         patch = records.update_patch(kind, data)
         state = await project_state(services, slug, kind.not_found)
