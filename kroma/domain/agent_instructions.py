@@ -122,31 +122,59 @@ def _existing(state: InstructionState | None, project_id: str) -> InstructionSta
     return state
 
 
-def decide_confirm(
-    state: InstructionState | None, project_id: str, cmd: InstructionAction, entry_id: str, meta: Metadata
+def _decide_transition(
+    state: InstructionState | None,
+    project_id: str,
+    cmd: InstructionAction,
+    entry_id: str,
+    meta: Metadata,
+    *,
+    target: str,
+    opposite: str,
+    moved: str,
+    repeated: str,
 ) -> NewEvent:
+    """confirm and cancel mirror each other: 400 from the opposite terminal state, a no-op
+    (recorded for the audit trail, no instruction event) from their own, else the move."""
     current = _existing(state, project_id)
     stream = instruction_stream(current.id)
     base = {"project_id": project_id, "instruction_id": current.id}
-    if current.status == "canceled":
-        raise ValidationError("Instruction is already canceled")
-    if current.status == "confirmed":
-        return NewEvent(stream, CONFIRM_REPEATED, {**base, "status": "confirmed"}, meta)
-    message = (cmd.message or "").strip() or "Instruction confirmed"
-    data = {**base, "status": "confirmed", "entry_id": entry_id, "message": message}
-    return NewEvent(stream, CONFIRMED, data, meta)
+    if current.status == opposite:
+        raise ValidationError(f"Instruction is already {opposite}")
+    if current.status == target:
+        return NewEvent(stream, repeated, {**base, "status": target}, meta)
+    message = (cmd.message or "").strip() or f"Instruction {target}"
+    data = {**base, "status": target, "entry_id": entry_id, "message": message}
+    return NewEvent(stream, moved, data, meta)
+
+
+def decide_confirm(
+    state: InstructionState | None, project_id: str, cmd: InstructionAction, entry_id: str, meta: Metadata
+) -> NewEvent:
+    return _decide_transition(
+        state,
+        project_id,
+        cmd,
+        entry_id,
+        meta,
+        target="confirmed",
+        opposite="canceled",
+        moved=CONFIRMED,
+        repeated=CONFIRM_REPEATED,
+    )
 
 
 def decide_cancel(
     state: InstructionState | None, project_id: str, cmd: InstructionAction, entry_id: str, meta: Metadata
 ) -> NewEvent:
-    current = _existing(state, project_id)
-    stream = instruction_stream(current.id)
-    base = {"project_id": project_id, "instruction_id": current.id}
-    if current.status == "confirmed":
-        raise ValidationError("Instruction is already confirmed")
-    if current.status == "canceled":
-        return NewEvent(stream, CANCEL_REPEATED, {**base, "status": "canceled"}, meta)
-    message = (cmd.message or "").strip() or "Instruction canceled"
-    data = {**base, "status": "canceled", "entry_id": entry_id, "message": message}
-    return NewEvent(stream, CANCELED, data, meta)
+    return _decide_transition(
+        state,
+        project_id,
+        cmd,
+        entry_id,
+        meta,
+        target="canceled",
+        opposite="confirmed",
+        moved=CANCELED,
+        repeated=CANCEL_REPEATED,
+    )
