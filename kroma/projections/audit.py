@@ -77,14 +77,22 @@ _NOT_ENTITY_IDS = frozenset({"project_id", "user_id", "key_id", "entry_id"})
 
 
 def _counts_only(value: Any) -> bool:
-    """A JSON structure of numbers and booleans only (change counts): safe at any depth."""
-    if isinstance(value, bool | int | float):
-        return True
-    if isinstance(value, Mapping):
-        return all(k not in DENIED and _counts_only(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_counts_only(v) for v in value)
-    return False
+    """A JSON structure of numbers and booleans only (change counts): safe at any depth.
+    Walked with an explicit stack, so no nesting depth in event data can break the fold."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bool | int | float):
+            continue
+        if isinstance(item, Mapping):
+            if any(k in DENIED for k in item):
+                return False
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        else:
+            return False
+    return True
 
 
 def _generic_summary(data: Mapping[str, Any]) -> dict[str, Any]:
