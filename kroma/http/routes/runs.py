@@ -5,6 +5,8 @@ runs with their jobs and candidates, assets, quality reports, cost events and ex
 
 from __future__ import annotations
 
+from typing import Any
+
 from litestar import Request, Response, Router, get
 from litestar.params import FromPath
 
@@ -16,14 +18,6 @@ from kroma.projections import runs as read
 from kroma.services import Services
 
 RUN_NOT_FOUND = "Run not found"
-
-
-@get("/{slug:str}/runs")
-async def list_runs(slug: FromPath[str], services: ServicesDep, request: Request) -> Response[bytes]:
-    limit = limit_param(request, 200, 1000)  # the query is parsed before the lookup (§8.1)
-    row = await project_row(services, slug)
-    runs = await read.newest_first(services.reader, "runs", row["id"], limit)
-    return responses.ok(count=len(runs), runs=runs)
 
 
 async def _run(services: Services, slug: str, run_id: str) -> dict:
@@ -47,60 +41,40 @@ async def run_jobs(slug: FromPath[str], run_id: FromPath[str], services: Service
     return responses.ok(run_id=run["id"], count=len(jobs), jobs=jobs)
 
 
-@get("/{slug:str}/assets")
-async def list_assets(slug: FromPath[str], services: ServicesDep, request: Request) -> Response[bytes]:
-    limit = limit_param(request, 500, 2000)
-    row = await project_row(services, slug)
-    assets = await read.newest_first(services.reader, "assets", row["id"], limit)
-    return responses.ok(count=len(assets), assets=assets)
+def _newest_first(path: str, table: str, key: str, default: int = 500, maximum: int = 2000) -> Any:
+    """A project-scoped list route: newest first, `limit` clamped, answered as {count, <key>}."""
+
+    @get(f"/{{slug:str}}/{path}", name=f"list_{key}")
+    async def handler(slug: FromPath[str], services: ServicesDep, request: Request) -> Response[bytes]:
+        limit = limit_param(request, default, maximum)  # the query is parsed before the lookup (§8.1)
+        row = await project_row(services, slug)
+        rows = await read.newest_first(services.reader, table, row["id"], limit)
+        return responses.ok(**{"count": len(rows), key: rows})
+
+    return handler
 
 
-@get("/{slug:str}/assets/{asset_id:str}")
-async def asset_detail(
-    slug: FromPath[str], asset_id: FromPath[str], services: ServicesDep
-) -> Response[bytes]:
-    row = await project_row(services, slug, "Asset not found")
-    asset = await read.find_row(services.reader, "assets", row["id"], asset_id)
-    if asset is None:
-        raise NotFound("Asset not found")
-    return responses.ok(asset=asset)
+def _detail(path: str, table: str, key: str, not_found: str) -> Any:
+    """A project-scoped detail route; any not-found (project included) is the handler's message."""
+
+    @get(f"/{{slug:str}}/{path}/{{item_id:str}}", name=f"{key}_detail")
+    async def handler(slug: FromPath[str], item_id: FromPath[str], services: ServicesDep) -> Response[bytes]:
+        row = await project_row(services, slug, not_found)
+        found = await read.find_row(services.reader, table, row["id"], item_id)
+        if found is None:
+            raise NotFound(not_found)
+        return responses.ok(**{key: found})
+
+    return handler
 
 
-@get("/{slug:str}/quality-reports")
-async def list_quality_reports(
-    slug: FromPath[str], services: ServicesDep, request: Request
-) -> Response[bytes]:
-    limit = limit_param(request, 500, 2000)
-    row = await project_row(services, slug)
-    reports = await read.newest_first(services.reader, "quality_reports", row["id"], limit)
-    return responses.ok(count=len(reports), quality_reports=reports)
-
-
-@get("/{slug:str}/cost-events")
-async def list_cost_events(slug: FromPath[str], services: ServicesDep, request: Request) -> Response[bytes]:
-    limit = limit_param(request, 500, 2000)
-    row = await project_row(services, slug)
-    costs = await read.newest_first(services.reader, "cost_events", row["id"], limit)
-    return responses.ok(count=len(costs), cost_events=costs)
-
-
-@get("/{slug:str}/exports")
-async def list_exports(slug: FromPath[str], services: ServicesDep, request: Request) -> Response[bytes]:
-    limit = limit_param(request, 500, 2000)
-    row = await project_row(services, slug)
-    exports = await read.newest_first(services.reader, "project_exports", row["id"], limit)
-    return responses.ok(count=len(exports), exports=exports)
-
-
-@get("/{slug:str}/exports/{export_id:str}")
-async def export_detail(
-    slug: FromPath[str], export_id: FromPath[str], services: ServicesDep
-) -> Response[bytes]:
-    row = await project_row(services, slug, "Project export not found")
-    export = await read.find_row(services.reader, "project_exports", row["id"], export_id)
-    if export is None:
-        raise NotFound("Project export not found")
-    return responses.ok(export=export)
+list_runs = _newest_first("runs", "runs", "runs", default=200, maximum=1000)
+list_assets = _newest_first("assets", "assets", "assets")
+asset_detail = _detail("assets", "assets", "asset", "Asset not found")
+list_quality_reports = _newest_first("quality-reports", "quality_reports", "quality_reports")
+list_cost_events = _newest_first("cost-events", "cost_events", "cost_events")
+list_exports = _newest_first("exports", "project_exports", "exports")
+export_detail = _detail("exports", "project_exports", "export", "Project export not found")
 
 
 router = Router(
