@@ -17,6 +17,8 @@ class Settings(msgspec.Struct, kw_only=True):
     data_dir: str = "var/kroma"
     bind: str = "127.0.0.1:8788"
     workspace_root: str = ""
+    allowed_roots: str = ""  # os.pathsep-separated folders the server may write into; "" = app root
+    upload_max_bytes: int = 50 * 1024 * 1024
     auth_dev_bypass: bool = False
     auth_bootstrap_first_token: bool = True
     log_level: str = "info"
@@ -34,8 +36,20 @@ class Settings(msgspec.Struct, kw_only=True):
         return str(self.data_path / "readmodels.db")
 
     @property
+    def app_root(self) -> Path:
+        """The reference's app root: relative storage and pipeline paths resolve against it. By
+        default the folder the server runs in, so `var/projects/<slug>` sits beside `var/kroma`."""
+        return Path(self.workspace_root).resolve() if self.workspace_root else Path.cwd().resolve()
+
+    @property
     def workspace(self) -> str:
-        return str(Path(self.workspace_root).resolve()) if self.workspace_root else str(self.data_path)
+        return str(self.app_root)
+
+    @property
+    def write_roots(self) -> tuple[Path, ...]:
+        """Where uploads and runs may write: the configured roots, else the app root alone."""
+        roots = [r.strip() for r in self.allowed_roots.split(os.pathsep) if r.strip()]
+        return tuple(Path(r).resolve() for r in roots) or (self.app_root,)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -51,6 +65,8 @@ class Settings(msgspec.Struct, kw_only=True):
 _SOURCES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("data_dir", ("KROMA_DATA_DIR",), "storage", "data_dir"),
     ("workspace_root", ("KROMA_WORKSPACE_ROOT",), "storage", "workspace_root"),
+    ("allowed_roots", ("KROMA_ALLOWED_ROOTS",), "storage", "allowed_roots"),
+    ("upload_max_bytes", ("KROMA_UPLOAD_MAX_BYTES",), "storage", "upload_max_bytes"),
     ("bind", ("KROMA_BIND", "KROMA_BACKEND_BIND"), "server", "bind"),
     ("auth_dev_bypass", ("KROMA_API_AUTH_DEV_BYPASS",), "auth", "dev_bypass"),
     (

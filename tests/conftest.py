@@ -19,7 +19,11 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
     opened: list[TestClient] = []
 
     def build(**overrides: Any) -> TestClient:
-        values: dict[str, Any] = {"data_dir": str(tmp_path / f"data{len(opened)}"), "auth_dev_bypass": True}
+        values: dict[str, Any] = {
+            "data_dir": str(tmp_path / f"data{len(opened)}"),
+            "workspace_root": str(tmp_path / "app"),  # the app root: project folders go here
+            "auth_dev_bypass": True,
+        }
         values.update(overrides)
         client = TestClient(create_app(Settings(**values)))
         client.__enter__()

@@ -24,6 +24,8 @@ from kroma.events.envelope import Metadata, NewEvent
 from kroma.events.store import EventStore
 
 ASSET_RECORDED = "asset.recorded"
+ASSET_UPLOADED = "asset.uploaded"  # a client's image stored under <project root>/inputs/
+ASSET_TYPES = (ASSET_RECORDED, ASSET_UPLOADED)
 
 
 def asset_stream(asset_id: str) -> str:
@@ -54,6 +56,17 @@ def asset_recorded(record: AssetRecord, meta: Metadata | None = None) -> NewEven
     return NewEvent(asset_stream(record.id), ASSET_RECORDED, record, meta or Metadata())
 
 
+class AssetUploaded(AssetRecord, kw_only=True, omit_defaults=True):
+    """An uploaded image: the asset row (kind `upload`) plus what the upload itself was."""
+
+    size_bytes: int = 0
+    original_filename: str = ""
+
+
+def asset_uploaded(record: AssetUploaded, meta: Metadata | None = None) -> NewEvent:
+    return NewEvent(asset_stream(record.id), ASSET_UPLOADED, record, meta or Metadata())
+
+
 async def asset_owners(store: EventStore, asset_ids: Iterable[str]) -> dict[str, str | None]:
     """Which project each asset id belongs to, from the log (None: no such asset).
 
@@ -65,6 +78,6 @@ async def asset_owners(store: EventStore, asset_ids: Iterable[str]) -> dict[str,
         if asset_id in owners:
             continue
         events = await store.read_stream(asset_stream(asset_id))
-        recorded = [e for e in events if e.type == ASSET_RECORDED]
+        recorded = [e for e in events if e.type in ASSET_TYPES]
         owners[asset_id] = recorded[-1].data.get("project_id") if recorded else None
     return owners

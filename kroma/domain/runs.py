@@ -1,10 +1,36 @@
-"""Runs and what they produce: the events the run engine emits (contract §3.4, §3.7).
+"""Runs and what they produce: the events the trigger and the run engine append (contract §3.4,
+§3.7; pipeline spec §2-§6, §9).
 
-Runs, jobs, candidates, quality reports, cost events and exports are read-only over HTTP. The run
-engine (later work) records them with these event types; `kroma.projections.runs` folds them into
-the read models the API serves. Every event's data is the row itself: `id` (or `run_id` for the
-run lifecycle events), `project_id`, and any optional column. A `*.recorded` event of an id that
-already exists replaces that row (a re-ingest), keeping its place in the log order.
+A run is one stream `run:<run_id>`. The trigger appends `run.requested` and every `job.planned` in
+one atomic batch; a dry run is complete then. In mode `run` the engine (`kroma.engine`) follows the
+log and appends each step as it is done, every event naming its causation:
+
+| type                            | data (always `run_id`, `project_id`)                          |
+|---------------------------------|---------------------------------------------------------------|
+| `run.requested`                 | RunRequested: mode, stage/time/weather, provider, the plan's   |
+|                                 | generation/postprocess/output_guard/storage records, world    |
+| `job.planned`                   | JobPlanned: job id and key, inputs, the final prompt, world   |
+| `run.started`                   | RunStarted (+ provider, model, size, quality)                 |
+| `candidate.generated`           | candidate id/index, output path, asset id, provider call      |
+| `candidate.background_removed`, | one post-process pass each (part 3): input, output, asset id, |
+| `candidate.upscaled`,           | pass parameters                                               |
+| `candidate.color_corrected`     |                                                               |
+| `candidate.checked`             | the QA report, rank, status done/failed_output_guard          |
+| `candidate.rejected`            | a failed candidate's archive path                             |
+| `job.winner_selected`           | selected candidate, final output and asset                    |
+| `job.failed`                    | failure reason                                                |
+| `cost.recorded`                 | CostRecord (per provider call)                                |
+| `run.cancel_requested`          | who asked; the engine stops at the next step boundary         |
+| `run.completed` / `run.failed` / `run.canceled` | the run's end: status, stdout/stderr or error |
+
+Assets are `asset.recorded` on their own streams (`kroma.domain.assets`), appended in the same
+batch as the step that wrote the file.
+
+The `*.recorded` types below predate the engine: rows given whole (an import of an existing run
+log's rows). They are still folded, so logs holding them keep their read models. Every event's data
+is the row itself: `id` (or `run_id` for the run lifecycle events), `project_id`, and any optional
+column. A `*.recorded` event of an id that already exists replaces that row, keeping its place in
+the log order.
 
 | type                      | stream                 | data                                   |
 |---------------------------|------------------------|----------------------------------------|
@@ -41,6 +67,23 @@ QUALITY_REPORT_RECORDED = "quality_report.recorded"
 COST_RECORDED = "cost.recorded"
 EXPORT_RECORDED = "export.recorded"
 
+RUN_REQUESTED = "run.requested"
+JOB_PLANNED = "job.planned"
+CANDIDATE_GENERATED = "candidate.generated"
+CANDIDATE_BACKGROUND_REMOVED = "candidate.background_removed"
+CANDIDATE_UPSCALED = "candidate.upscaled"
+CANDIDATE_COLOR_CORRECTED = "candidate.color_corrected"
+CANDIDATE_CHECKED = "candidate.checked"
+CANDIDATE_REJECTED = "candidate.rejected"
+JOB_WINNER_SELECTED = "job.winner_selected"
+JOB_FAILED = "job.failed"
+RUN_CANCEL_REQUESTED = "run.cancel_requested"
+RUN_COMPLETED = "run.completed"
+RUN_FAILED = "run.failed"
+RUN_CANCELED = "run.canceled"
+POST_PASSES = (CANDIDATE_BACKGROUND_REMOVED, CANDIDATE_UPSCALED, CANDIDATE_COLOR_CORRECTED)
+RUN_ENDS = (RUN_COMPLETED, RUN_FAILED, RUN_CANCELED)
+
 
 def run_stream(run_id: str) -> str:
     return f"run:{run_id}"
@@ -68,11 +111,56 @@ class RunRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     created_at: str | None = None
 
 
+class RunRequested(msgspec.Struct, kw_only=True):
+    """A triggered run: everything the engine needs, fixed at trigger time (reproducible)."""
+
+    run_id: str
+    project_id: str
+    project_slug: str
+    mode: str  # dry | run
+    stage: str
+    time: str
+    weather: str
+    provider: str  # local | openai: the one that will (or would) generate
+    candidates: int  # effective count (§3.7)
+    storage_sync_s3: bool
+    project_root: str  # absolute
+    run_log_path: str  # display path of the run log document (served at .../runs/{id}/log)
+    timestamp: str  # `<secs>.<ms>Z` (§4.1)
+    generation: dict[str, Any]  # {candidates, max_candidates}
+    postprocess: dict[str, Any]  # the planned post-process record (§5.2)
+    output_guard: dict[str, Any]  # {enabled, enforce_grayscale, max_chroma_delta, fail_on_chroma_exceed}
+    storage: dict[str, Any]  # {project_root (display), resolved_from_backend}
+    jobs: int
+    world: dict[str, Any] | None = None  # the style guide, cast, reference set and template used
+
+
+class JobPlanned(msgspec.Struct, kw_only=True):
+    """One planned job (§3.4, §4.8): `job_key` is the reference's job id, `job_id` ours."""
+
+    job_id: str
+    run_id: str
+    project_id: str
+    job_key: str
+    index: int  # 1-based planned order
+    mode: str
+    time: str
+    weather: str
+    input_images: list[str]  # display paths: the scene, then the style references
+    input_paths: list[str]  # the same, absolute (what the engine reads)
+    prompt: str
+    planned_generation: dict[str, Any]
+    planned_postprocess: dict[str, Any]
+    planned_output_guard: dict[str, Any]
+    world: dict[str, Any] | None = None
+
+
 class RunStarted(msgspec.Struct, kw_only=True, omit_defaults=True):
     run_id: str
     project_id: str
     status: str | None = None  # "running" when absent
     started_at: str | None = None
+    provider: str | None = None
 
 
 class RunFinished(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -179,6 +267,14 @@ def run_started(event: RunStarted, meta: Metadata | None = None) -> NewEvent:
 
 def run_finished(event: RunFinished, meta: Metadata | None = None) -> NewEvent:
     return NewEvent(run_stream(event.run_id), RUN_FINISHED, event, _meta(meta))
+
+
+def run_requested(event: RunRequested, meta: Metadata | None = None) -> NewEvent:
+    return NewEvent(run_stream(event.run_id), RUN_REQUESTED, event, _meta(meta))
+
+
+def job_planned(event: JobPlanned, meta: Metadata | None = None) -> NewEvent:
+    return NewEvent(run_stream(event.run_id), JOB_PLANNED, event, _meta(meta))
 
 
 def job_recorded(record: JobRecord, meta: Metadata | None = None) -> NewEvent:

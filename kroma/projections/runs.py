@@ -20,7 +20,7 @@ import msgspec
 
 from kroma.clock import to_seconds
 from kroma.domain import runs as ev
-from kroma.domain.assets import ASSET_RECORDED
+from kroma.domain.assets import ASSET_RECORDED, ASSET_UPLOADED
 from kroma.events.envelope import Event
 from kroma.projections.reader import ReadModels
 
@@ -135,6 +135,7 @@ RECORDS = {
     ev.JOB_RECORDED: "run_jobs",
     ev.CANDIDATE_RECORDED: "run_candidates",
     ASSET_RECORDED: "assets",
+    ASSET_UPLOADED: "assets",
     ev.QUALITY_REPORT_RECORDED: "quality_reports",
     ev.COST_RECORDED: "cost_events",
     ev.EXPORT_RECORDED: "project_exports",
@@ -167,16 +168,96 @@ def _stored(value: Any, kind: str) -> Any:
     return value
 
 
+def _upsert(db: sqlite3.Connection, table: str, row: dict[str, Any], position: int) -> None:
+    """Insert the row, or replace an existing id's values keeping its position (first record)."""
+    columns = TABLES[table]
+    values = [_stored(row.get(c), kind) for c, kind in columns.items()]
+    names = ["id", "project_id", *columns, "position"]
+    updates = ", ".join(f"{c} = excluded.{c}" for c in ["project_id", *columns])
+    db.execute(
+        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+        f" ON CONFLICT(id) DO UPDATE SET {updates}",
+        (row["id"], row["project_id"], *values, position),
+    )
+
+
+def _run_requested(db: sqlite3.Connection, d: dict[str, Any], at: str, position: int) -> None:
+    snapshot = {k: d.get(k) for k in ("timestamp", "generation", "postprocess", "output_guard")}
+    dry = d["mode"] == "dry"
+    row = {
+        "id": d["run_id"],
+        "project_id": d["project_id"],
+        "status": "ok" if dry else "queued",  # a dry run's jobs are all `planned`: ok (§4.10)
+        "stage": d["stage"],
+        "run_log_path": d["run_log_path"],
+        "run_mode": d["mode"],
+        "mode": d["mode"],
+        "time_of_day": d["time"],
+        "weather": d["weather"],
+        "model_name": "",
+        "model": "",
+        "provider_code": d["provider"],
+        "settings_snapshot_json": snapshot,
+        "meta_json": snapshot,
+        "started_at": "",
+        "finished_at": at if dry else "",
+        "image_size": "",
+        "image_quality": "",
+        "created_at": at,
+    }
+    _upsert(db, "runs", row, position)
+
+
+def planned_job_object(d: dict[str, Any]) -> dict[str, Any]:
+    """A planned job as the run log shows it (§4.8), plus the world it used."""
+    job = {
+        "id": d["job_key"],
+        "mode": d["mode"],
+        "time": d["time"],
+        "weather": d["weather"],
+        "input_images": d["input_images"],
+        "prompt": d["prompt"],
+        "status": "planned",
+        "planned_generation": d["planned_generation"],
+        "planned_postprocess": d["planned_postprocess"],
+        "planned_output_guard": d["planned_output_guard"],
+    }
+    if d.get("world"):
+        job["world"] = d["world"]
+    return job
+
+
+def _job_planned(db: sqlite3.Connection, d: dict[str, Any], at: str, position: int) -> None:
+    row = {
+        "id": d["job_id"],
+        "project_id": d["project_id"],
+        "run_id": d["run_id"],
+        "job_key": d["job_key"],
+        "status": "planned",
+        "prompt_text": d["prompt"],
+        "meta_json": planned_job_object(d),
+        "created_at": at,
+    }
+    _upsert(db, "run_jobs", row, position)
+
+
+ENGINE_EVENTS = {ev.RUN_REQUESTED: _run_requested, ev.JOB_PLANNED: _job_planned}
+
+
 class RunsProjection:
     name = "runs"
-    version = 1
+    version = 2
     tables = tuple(TABLES)
-    handles = frozenset({*RECORDS, ev.RUN_STARTED, ev.RUN_FINISHED})
+    handles = frozenset({*RECORDS, *ENGINE_EVENTS, ev.RUN_STARTED, ev.RUN_FINISHED})
     schema = ";\n".join([*(_ddl(t, cols) for t, cols in TABLES.items()), *INDEXES])
 
     def apply(self, db: sqlite3.Connection, event: Event) -> None:
         d = event.data
         at = to_seconds(event.recorded_at)
+        folder = ENGINE_EVENTS.get(event.type)
+        if folder is not None:
+            folder(db, d, at, event.position)
+            return
         table = RECORDS.get(event.type)
         if table is not None:
             columns = TABLES[table]

@@ -39,6 +39,7 @@ class Server:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "kroma.cli", "serve"],
                 env=self._env,
+                cwd=self.data_dir.parent,  # the app root: project folders land in the test's tmp dir
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

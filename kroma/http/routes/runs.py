@@ -1,7 +1,8 @@
 """Read-only routes over what runs produce (contract §3.4, §3.5, §3.7; routes 13, 16-19, 25-28):
 runs with their jobs and candidates, assets, quality reports, cost events and exports.
 
-`runs/trigger` and `runs/validate-config` belong to the run engine and are mounted by it."""
+`runs/trigger`, `runs/validate-config` and the run log live in `pipeline`; the asset upload in
+`uploads` (mounted here, beside the asset list on the same path)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from kroma.domain.errors import NotFound
 from kroma.http import responses
 from kroma.http.deps import ServicesDep, project_row
 from kroma.http.params import limit_param
+from kroma.http.routes.uploads import upload_assets
 from kroma.projections import runs as read
 from kroma.services import Services
 
@@ -84,6 +86,7 @@ router = Router(
         run_detail,
         run_jobs,
         list_assets,
+        upload_assets,  # same path as list_assets: one router, so one OPTIONS handler
         asset_detail,
         list_quality_reports,
         list_cost_events,
