@@ -19,6 +19,10 @@ class Settings(msgspec.Struct, kw_only=True):
     workspace_root: str = ""
     allowed_roots: str = ""  # os.pathsep-separated folders the server may write into; "" = app root
     upload_max_bytes: int = 50 * 1024 * 1024
+    run_engine: bool = True  # execute runs inside this process (kroma serve)
+    run_provider_calls: int = 4  # provider calls in flight, across all runs
+    run_cpu_workers: int = 0  # image work (render, QA) in worker threads; 0 = one per CPU
+    run_jobs_in_flight: int = 4  # jobs of one run worked at once
     auth_dev_bypass: bool = False
     auth_bootstrap_first_token: bool = True
     log_level: str = "info"
@@ -67,6 +71,10 @@ _SOURCES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("workspace_root", ("KROMA_WORKSPACE_ROOT",), "storage", "workspace_root"),
     ("allowed_roots", ("KROMA_ALLOWED_ROOTS",), "storage", "allowed_roots"),
     ("upload_max_bytes", ("KROMA_UPLOAD_MAX_BYTES",), "storage", "upload_max_bytes"),
+    ("run_engine", ("KROMA_RUN_ENGINE",), "runs", "engine"),
+    ("run_provider_calls", ("KROMA_RUN_PROVIDER_CALLS",), "runs", "provider_calls"),
+    ("run_cpu_workers", ("KROMA_RUN_CPU_WORKERS",), "runs", "cpu_workers"),
+    ("run_jobs_in_flight", ("KROMA_RUN_JOBS_IN_FLIGHT",), "runs", "jobs_in_flight"),
     ("bind", ("KROMA_BIND", "KROMA_BACKEND_BIND"), "server", "bind"),
     ("auth_dev_bypass", ("KROMA_API_AUTH_DEV_BYPASS",), "auth", "dev_bypass"),
     (
@@ -111,4 +119,4 @@ def load_settings(
                 values[name] = raw.lower() in TRUE_WORDS if is_flag else raw
                 break
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return msgspec.convert(values, Settings)
+    return msgspec.convert(values, Settings, strict=False)  # env values are text: "8" -> 8

@@ -29,6 +29,9 @@ class Services:
         self.token_usage = TokenUsage(self.settings.readmodels_db)  # best-effort last_used_at
         self.vault = Vault(self.settings.data_path)  # master key and data keys, loaded on first use
         self.stopping = False  # set when the server starts shutting down: live streams end
+        from kroma.engine.runner import RunEngine  # the engine imports the services' parts
+
+        self.engine = RunEngine(self)
 
     async def open(self, follow: bool = True) -> None:
         """Open the store and read models; with `follow`, catch up and keep projecting."""
@@ -41,11 +44,14 @@ class Services:
             await self.token_usage.open()
             if follow:
                 await self.runner.start()
+                if self.settings.run_engine:
+                    self.engine.start()
         except BaseException:
             await self.close()
             raise
 
     async def close(self) -> None:
+        await self.engine.close()
         await self.runner.close()
         await self.token_usage.close()
         await self.vault.close()

@@ -253,6 +253,26 @@ class ExportRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     completed_at: str | None = None
 
 
+def planned_job_record(d: dict[str, Any]) -> dict[str, Any]:
+    """A planned job as the run log shows it (§4.8), plus the world it used."""
+    job = {
+        "id": d["job_key"],
+        "mode": d["mode"],
+        "time": d["time"],
+        "weather": d["weather"],
+        "input_images": d["input_images"],
+        "prompt": d["prompt"],
+        "status": "planned",
+        "planned_generation": d["planned_generation"],
+        "planned_postprocess": d["planned_postprocess"],
+        "planned_output_guard": d["planned_output_guard"],
+    }
+    if d.get("world"):
+        job["world"] = d["world"]
+    return job
+
+
+
 def _meta(meta: Metadata | None) -> Metadata:
     return meta or Metadata()
 
@@ -305,6 +325,12 @@ def cost_recorded(record: CostRecord, meta: Metadata | None = None) -> NewEvent:
         unit_cost_usd=unit_cost,
     )
     return NewEvent(f"cost:{record.id}", COST_RECORDED, filled, _meta(meta))
+
+
+def cost_event(record: CostRecord, meta: Metadata | None = None) -> NewEvent:
+    """A run's cost, on the run's own stream (so it is part of the run's atomic steps)."""
+    filled = cost_recorded(record, meta)
+    return NewEvent(run_stream(record.run_id or ""), COST_RECORDED, filled.data, filled.metadata)
 
 
 def export_recorded(record: ExportRecord, meta: Metadata | None = None) -> NewEvent:

@@ -21,14 +21,19 @@ def ok(**payload: Any) -> Response[bytes]:
     return Response(_encoder.encode({"ok": True, **payload}), status_code=200, media_type=JSON)
 
 
+def ok_status(status: int, **payload: Any) -> Response[bytes]:
+    """A success with another status: 202 for a run accepted with `Prefer: respond-async`."""
+    return Response(_encoder.encode({"ok": True, **payload}), status_code=status, media_type=JSON)
+
+
 def error_body(message: str, kind: str, code: str) -> dict[str, Any]:
     return {"ok": False, "error": message, "error_kind": kind, "error_code": code}
 
 
-def error(exc: KromaError) -> Response[bytes]:
-    return Response(
-        _encoder.encode(error_body(exc.message, exc.kind, exc.code)), status_code=exc.status, media_type=JSON
-    )
+def error(exc: KromaError, **extra: Any) -> Response[bytes]:
+    """The flat error envelope; `extra` adds keys beside it (a failed run's `run_id`)."""
+    body = {**error_body(exc.message, exc.kind, exc.code), **extra}
+    return Response(_encoder.encode(body), status_code=exc.status, media_type=JSON)
 
 
 def encode(value: Any) -> bytes:

@@ -11,7 +11,6 @@ from typing import Any
 
 from kroma.domain import runs as ev
 from kroma.events.envelope import Event
-from kroma.projections.runs import planned_job_object
 
 
 def document(events: list[Event]) -> dict[str, Any]:
@@ -21,7 +20,7 @@ def document(events: list[Event]) -> dict[str, Any]:
     jobs: dict[str, dict[str, Any]] = {}
     for event in events:
         if event.type == ev.JOB_PLANNED:
-            jobs[event.data["job_id"]] = planned_job_object(event.data)
+            jobs[event.data["job_id"]] = ev.planned_job_record(event.data)
     return {
         "timestamp": requested["timestamp"],
         "project": requested["project_slug"],

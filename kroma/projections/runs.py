@@ -208,25 +208,6 @@ def _run_requested(db: sqlite3.Connection, d: dict[str, Any], at: str, position:
     _upsert(db, "runs", row, position)
 
 
-def planned_job_object(d: dict[str, Any]) -> dict[str, Any]:
-    """A planned job as the run log shows it (§4.8), plus the world it used."""
-    job = {
-        "id": d["job_key"],
-        "mode": d["mode"],
-        "time": d["time"],
-        "weather": d["weather"],
-        "input_images": d["input_images"],
-        "prompt": d["prompt"],
-        "status": "planned",
-        "planned_generation": d["planned_generation"],
-        "planned_postprocess": d["planned_postprocess"],
-        "planned_output_guard": d["planned_output_guard"],
-    }
-    if d.get("world"):
-        job["world"] = d["world"]
-    return job
-
-
 def _job_planned(db: sqlite3.Connection, d: dict[str, Any], at: str, position: int) -> None:
     row = {
         "id": d["job_id"],
@@ -235,13 +216,141 @@ def _job_planned(db: sqlite3.Connection, d: dict[str, Any], at: str, position: i
         "job_key": d["job_key"],
         "status": "planned",
         "prompt_text": d["prompt"],
-        "meta_json": planned_job_object(d),
+        "meta_json": ev.planned_job_record(d),
         "created_at": at,
     }
     _upsert(db, "run_jobs", row, position)
 
 
-ENGINE_EVENTS = {ev.RUN_REQUESTED: _run_requested, ev.JOB_PLANNED: _job_planned}
+def _json_text(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _candidate_generated(db: sqlite3.Connection, d: dict[str, Any], at: str, position: int) -> None:
+    row = {
+        "id": d["candidate_id"],
+        "project_id": d["project_id"],
+        "run_id": d["run_id"],
+        "job_id": d["job_id"],
+        "candidate_index": d["candidate_index"],
+        "status": "generated",
+        "output_asset_id": d["output_asset_id"],
+        "output_path": d["output"],
+        "rank_hard_failures": 0,
+        "rank_soft_warnings": 0,
+        "rank_avg_chroma_exceed": 0.0,
+        "meta_json": d.get("record"),
+        "created_at": at,
+    }
+    _upsert(db, "run_candidates", row, position)
+    db.execute("UPDATE run_jobs SET status = 'running' WHERE id = ? AND status = 'planned'", (d["job_id"],))
+    # The run's model/size/quality are the first generation's (§4.2).
+    db.execute(
+        "UPDATE runs SET model_name = ?, model = ?, image_size = ?, image_quality = ?"
+        " WHERE id = ? AND COALESCE(model_name, '') = ''",
+        (d["model"], d["model"], d["size"], d["quality"], d["run_id"]),
+    )
+
+
+def _candidate_checked(db: sqlite3.Connection, d: dict[str, Any], at: str, position: int) -> None:
+    rank = d["rank"]
+    row = db.execute("SELECT output_path FROM run_candidates WHERE id = ?", (d["candidate_id"],)).fetchone()
+    db.execute(
+        "UPDATE run_candidates SET status = ?, final_asset_id = ?, final_output_path = ?, rank_hard_failures = ?,"
+        " rank_soft_warnings = ?, rank_avg_chroma_exceed = ?, meta_json = ? WHERE id = ?",
+        (
+            d["status"],
+            d.get("final_asset_id"),
+            d.get("final_output"),
+            rank["hard_failures"],
+            rank["soft_warnings"],
+            rank["avg_chroma_exceed"],
+            _json_text(d.get("record")),
+            d["candidate_id"],
+        ),
+    )
+    summary = {
+        "status": d["status"],
+        "rank": rank,
+        "output_path": row[0] if row else None,
+        "final_output_path": d.get("final_output"),
+        "output_guard": d["output_guard"],
+    }
+    report = {
+        "id": d["quality_report_id"],
+        "project_id": d["project_id"],
+        "run_id": d["run_id"],
+        "asset_id": d.get("final_asset_id") or d.get("asset_id"),
+        "report_type": "output_guard",
+        "grade": "",
+        "hard_failures": rank["hard_failures"],
+        "soft_warnings": rank["soft_warnings"],
+        "avg_chroma_exceed": rank["avg_chroma_exceed"],
+        "summary_json": summary,
+        "meta_json": summary,
+        "created_at": at,
+    }
+    _upsert(db, "quality_reports", report, position)
+
+
+def _candidate_record(db: sqlite3.Connection, d: dict[str, Any], at: str, position: int) -> None:
+    db.execute("UPDATE run_candidates SET meta_json = ? WHERE id = ?", (_json_text(d.get("record")), d["candidate_id"]))
+
+
+def _job_outcome(db: sqlite3.Connection, d: dict[str, Any], at: str, position: int) -> None:
+    selected = d.get("selected_candidate")
+    db.execute(
+        "UPDATE run_jobs SET status = ?, selected_candidate = ?, selected_candidate_index = ?, final_output = ?,"
+        " final_asset_id = ?, meta_json = ? WHERE id = ?",
+        (
+            "done" if selected is not None else "failed_output_guard",
+            selected,
+            selected,
+            d.get("final_output"),
+            d.get("final_asset_id"),
+            _json_text(d.get("record")),
+            d["job_id"],
+        ),
+    )
+
+
+def _cancel_requested(db: sqlite3.Connection, d: dict[str, Any], at: str, position: int) -> None:
+    db.execute("UPDATE runs SET status = 'canceling' WHERE id = ? AND status IN ('queued', 'running')", (d["run_id"],))
+
+
+def _run_ended(db: sqlite3.Connection, d: dict[str, Any], at: str, position: int) -> None:
+    db.execute("UPDATE runs SET status = ?, finished_at = ? WHERE id = ?", (d["status"], at, d["run_id"]))
+    if d.get("quality_report_id"):  # a completed run's run-scope report (§9.2)
+        summary = {"scope": "run", "output_guard": d.get("output_guard") or {}}
+        report = {
+            "id": d["quality_report_id"],
+            "project_id": d["project_id"],
+            "run_id": d["run_id"],
+            "report_type": "output_guard",
+            "grade": "",
+            "hard_failures": 0,
+            "soft_warnings": 0,
+            "avg_chroma_exceed": 0.0,
+            "summary_json": summary,
+            "meta_json": summary,
+            "created_at": at,
+        }
+        _upsert(db, "quality_reports", report, position)
+
+
+ENGINE_EVENTS = {
+    ev.RUN_REQUESTED: _run_requested,
+    ev.JOB_PLANNED: _job_planned,
+    ev.CANDIDATE_GENERATED: _candidate_generated,
+    ev.CANDIDATE_CHECKED: _candidate_checked,
+    ev.CANDIDATE_REJECTED: _candidate_record,
+    ev.JOB_WINNER_SELECTED: _job_outcome,
+    ev.JOB_FAILED: _job_outcome,
+    ev.RUN_CANCEL_REQUESTED: _cancel_requested,
+    ev.RUN_COMPLETED: _run_ended,
+    ev.RUN_FAILED: _run_ended,
+    ev.RUN_CANCELED: _run_ended,
+}
 
 
 class RunsProjection:

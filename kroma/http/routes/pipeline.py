@@ -7,20 +7,23 @@ import os
 from pathlib import Path
 
 import anyio
-from litestar import Response, Router, get, post
+from litestar import Request, Response, Router, get, post
 from litestar.params import FromPath, JSONBody
 
 from kroma.domain import run_requests as rr
-from kroma.domain.errors import NotFound, ValidationError
+from kroma.domain import runs as ev
+from kroma.domain.errors import KromaError, NotFound, ValidationError
 from kroma.domain.handling import Decision
 from kroma.domain.runs import run_stream
 from kroma.engine import config_validation, planning, trigger
 from kroma.engine.paths import display_path, writable_root
-from kroma.events.envelope import Metadata
+from kroma.engine.state import RunState, fold_run
+from kroma.events.envelope import Event, Metadata, NewEvent
 from kroma.http import responses
 from kroma.http.deps import ServicesDep, project_row, project_state
 from kroma.projections import projects as project_read
 from kroma.projections import run_log
+from kroma.projections import runs as runs_read
 from kroma.services import Services
 
 RUN_NOT_FOUND = "Run not found"
@@ -71,19 +74,23 @@ async def validate_config(
 
 
 @post("/{slug:str}/runs/trigger")
-async def trigger_run(slug: FromPath[str], data: JSONBody[rr.TriggerBody], services: ServicesDep) -> Response[bytes]:
-    request = rr.validate_trigger(data)  # every parameter check precedes the lookup (§2.3)
+async def trigger_run(
+    slug: FromPath[str], data: JSONBody[rr.TriggerBody], services: ServicesDep, request: Request
+) -> Response[bytes]:
+    """A dry run answers once planned; a paid run once it has ended (the reference's behaviour),
+    or at once with 202 when the request says `Prefer: respond-async`."""
+    run_request = rr.validate_trigger(data)  # every parameter check precedes the lookup (§2.3)
     row = await project_row(services, slug)
     try:
         run_slug = planning.check_slug(slug)
     except ValueError as exc:
         raise ValidationError(str(exc), code="invalid_project_slug") from None
     state = await project_state(services, slug)
-    world = trigger.resolve_world(state, request)
+    world = trigger.resolve_world(state, run_request)
     project_root = project_root_of(services, state.storage, row["slug"])
     app_root = services.settings.app_root
     ctx = planning.PlanContext(
-        request=request,
+        request=run_request,
         slug=run_slug,
         app_root=app_root,
         project_root=project_root,
@@ -95,13 +102,13 @@ async def trigger_run(slug: FromPath[str], data: JSONBody[rr.TriggerBody], servi
     except planning.PlanningError as exc:
         raise rr.preflight_failed(exc.message) from None
     ensure_writable(services, project_root)
-    provider = trigger.choose_provider(request, state, os.environ)
+    provider = trigger.choose_provider(run_request, state, os.environ)
     await anyio.to_thread.run_sync(planning.create_run_folders, project_root)
 
     async def decide(meta: Metadata) -> Decision:
         run_id, events = trigger.requested_events(
             plan=plan,
-            request=request,
+            request=run_request,
             state=state,
             slug=run_slug,
             project_root=str(project_root),
@@ -113,24 +120,77 @@ async def trigger_run(slug: FromPath[str], data: JSONBody[rr.TriggerBody], servi
 
     outcome = await services.commands.execute(decide)
     await services.settle(outcome.append.last_position)
+    run_id = outcome.result
     stdout = trigger.summary_stdout(
         run_log_path=plan.run_log_path,
         slug=run_slug,
         project_root=display_path(project_root, app_root),
         jobs=len(plan.jobs),
-        mode=request.mode,
+        mode=run_request.mode,
     )
-    return responses.ok(
-        pipeline_trigger={
-            "mode": request.mode,
-            "status_code": 0,
-            "stdout": stdout,
-            "stderr": "",
-            "adapter": "rust_native",
-        },
-        run_id=outcome.result,
-        audit_id=outcome.audit_id,
-    )
+    if run_request.mode == "dry":
+        return responses.ok(pipeline_trigger=_triggered("dry", stdout), run_id=run_id, audit_id=outcome.audit_id)
+    if "respond-async" in request.headers.get("prefer", "").lower():
+        queued = stdout.replace("(run/completed)", "(run/queued)")
+        body = {"pipeline_trigger": _triggered("run", queued), "run_id": run_id, "audit_id": outcome.audit_id}
+        return responses.ok_status(202, **body)
+    end = await services.engine.wait_for_end(run_id)
+    assert end is not None
+    await services.settle(end.position)
+    return _run_answer(end, run_id, outcome.audit_id)
+
+
+def _triggered(mode: str, stdout: str, stderr: str = "") -> dict:
+    return {"mode": mode, "status_code": 0, "stdout": stdout, "stderr": stderr, "adapter": "rust_native"}
+
+
+def _run_answer(end: Event, run_id: str, audit_id: str) -> Response[bytes]:
+    """A finished run as the reference answered a synchronous trigger (§2.4, §4.7), plus run_id."""
+    d = end.data
+    if end.type == ev.RUN_COMPLETED and d["status"] == "ok":
+        return responses.ok(pipeline_trigger=_triggered("run", d["stdout"], d.get("stderr", "")), run_id=run_id, audit_id=audit_id)
+    if end.type == ev.RUN_COMPLETED:
+        first = next((line for line in d.get("stderr", "").splitlines() if line.strip()), "")
+        message = f"Pipeline command failed: {first}" if first else "Pipeline command failed"
+        error = KromaError(message, kind="provider", code="pipeline_command_failed")
+    elif end.type == ev.RUN_CANCELED:
+        error = KromaError("Run was canceled", code="run_canceled")
+    else:
+        status = 500 if d.get("error_kind") == "infra" else 400
+        error = KromaError(d["error"], status=status, kind=d["error_kind"], code=d["error_code"])
+    return responses.error(error, run_id=run_id)
+
+
+@post("/{slug:str}/runs/{run_id:str}/cancel")
+async def cancel_run(slug: FromPath[str], run_id: FromPath[str], services: ServicesDep) -> Response[bytes]:
+    """Ask a run to stop at its next step boundary; answers once it has (or after 30 s)."""
+    row = await project_row(services, slug, RUN_NOT_FOUND)
+
+    async def current() -> RunState:
+        state = fold_run(await services.store.read_stream(run_stream(run_id)))
+        if state is None or state.project_id != row["id"]:
+            raise NotFound(RUN_NOT_FOUND)
+        if state.requested["mode"] == "dry":
+            raise ValidationError("A dry run has nothing to cancel: it finished when it was planned")
+        if state.ended is not None:
+            raise ValidationError(f"Run has already finished (status: {state.ended.data['status']})")
+        return state
+
+    async def decide(meta: Metadata) -> Decision:
+        state = await current()  # again on a lost race: the run may have ended meanwhile
+        data = {"run_id": run_id, "project_id": row["id"]}
+        event = NewEvent(run_stream(run_id), ev.RUN_CANCEL_REQUESTED, data, meta)
+        return Decision([event], {run_stream(run_id): state.version})
+
+    outcome = None
+    if (await current()).cancel_requested is None:  # a second cancel appends nothing
+        outcome = await services.commands.execute(decide)
+    end = await services.engine.wait_for_end(run_id, timeout=30.0)
+    if end is not None:
+        await services.settle(end.position)
+    run = await runs_read.find_row(services.reader, "runs", row["id"], run_id)
+    extra = {"audit_id": outcome.audit_id} if outcome is not None else {}
+    return responses.ok(run=run, **extra)
 
 
 @get("/{slug:str}/runs/{run_id:str}/log")
@@ -150,6 +210,6 @@ async def run_log_document(slug: FromPath[str], run_id: FromPath[str], services:
 
 router = Router(
     "/api/projects",
-    route_handlers=[validate_config, trigger_run, run_log_document],
+    route_handlers=[validate_config, trigger_run, cancel_run, run_log_document],
     tags=["runs"],
 )

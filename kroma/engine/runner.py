@@ -1,0 +1,620 @@
+"""The run engine: follows the log, works requested runs, records every step as events.
+
+- On start it resumes every unfinished run (from the read models, once they show the log's head),
+  then follows the log for `run.requested` (mode `run`) and `run.cancel_requested`.
+- A run's jobs run concurrently (`run_jobs_in_flight`), all candidates of a job together; provider
+  calls share one limiter (`run_provider_calls`), image work runs in worker threads under another
+  (`run_cpu_workers`). Names, ranks and winners depend only on the plan and the images, so they
+  are what the spec's sequential order gives.
+- Each step's events carry a deterministic idempotency key (`run:<id>/job:<key>/candidate:<k>/
+  generated`, ...): a resumed or duplicated engine can never record a step twice, and a recorded
+  generation is never paid for again. Progress lives only in the log (`kroma.engine.state`).
+- The first failure or a cancel stops the run at the next step boundary: steps in flight finish
+  and are recorded, no new step starts, then `run.failed` / `run.canceled` ends the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from kroma.domain import runs as ev
+from kroma.domain.aggregate import ProjectState, project_stream
+from kroma.domain.assets import AssetRecord, asset_recorded
+from kroma.domain.errors import KromaError
+from kroma.engine import files, pricing
+from kroma.engine.paths import display_path
+from kroma.engine.providers.base import GenerationRequest, Provider, ProviderError
+from kroma.engine.providers.select import build_provider
+from kroma.engine.records import candidate_record, job_record
+from kroma.engine.state import CandidateState, JobState, RunState, fold_run
+from kroma.engine.trigger import summary_stdout
+from kroma.events.envelope import Event, Metadata, NewEvent
+from kroma.events.store import AppendResult
+from kroma.imaging import provenance, qa
+
+log = logging.getLogger("kroma.engine")
+FOLLOWED = (ev.RUN_REQUESTED, ev.RUN_CANCEL_REQUESTED)
+PASSES = ("bg_remove", "upscale", "color")
+
+
+class StepFailed(Exception):
+    """A step failed in a way the trigger reports as a client-visible 400 (§2.4, §4.2)."""
+
+    def __init__(self, message: str, code: str = "planning_preflight_failed", kind: str = "validation") -> None:
+        super().__init__(message)
+        self.message, self.code, self.kind = message, code, kind
+
+
+def candidate_seed(run_id: str, job_key: str, index: int) -> int:
+    """A stable per-candidate seed: the same run, job and index always get the same one."""
+    digest = hashlib.sha256(f"{run_id}/{job_key}/{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+class RunContext:
+    """One run being worked: its folded state, provider, and the stop flag of step boundaries."""
+
+    def __init__(self, state: RunState, project: ProjectState, provider: Provider) -> None:
+        self.state = state
+        self.project = project
+        self.provider = provider
+        self.project_root = Path(state.requested["project_root"])
+        self.guard = qa.GuardSettings(
+            max_chroma_delta=float(state.requested["output_guard"]["max_chroma_delta"]),
+            enforce_grayscale=bool(state.requested["output_guard"]["enforce_grayscale"]),
+            fail_on_chroma_exceed=bool(state.requested["output_guard"]["fail_on_chroma_exceed"]),
+        )
+        self.stop = False
+        self.error: BaseException | None = None
+        self.last_event_id = state.requested_event_id
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.stop = True
+
+
+class RunEngine:
+    def __init__(self, services: Any) -> None:
+        self.services = services
+        self.store = services.store
+        self.clock = services.clock
+        settings = services.settings
+        self.app_root: Path = settings.app_root
+        self.provider_calls = anyio.CapacityLimiter(max(1, settings.run_provider_calls))
+        self.cpu = anyio.CapacityLimiter(max(1, settings.run_cpu_workers or os.cpu_count() or 1))
+        self.jobs_in_flight = max(1, settings.run_jobs_in_flight)
+        self.prices = pricing.load_prices(self.app_root)
+        self._active: dict[str, RunContext | None] = {}
+        self._ended: dict[str, asyncio.Event] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._main(), name="kroma-run-engine")
+
+    async def close(self) -> None:
+        """Stop working; unfinished runs resume on the next start from their last recorded step."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+    async def _main(self) -> None:
+        head = await self.store.head()
+        await self.services.settle(head)
+        unfinished = await self.services.reader.all(
+            "SELECT id FROM runs WHERE run_mode = 'run' AND status IN ('queued', 'running', 'canceling')"
+            " ORDER BY position",
+            (),
+        )
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            for row in unfinished:
+                self._launch(row["id"])
+            await self._follow(head)
+
+    async def _follow(self, position: int) -> None:
+        while True:
+            head = await self.store.head()
+            events = await self.store.read_all(position, 500, types=FOLLOWED)
+            for event in events:
+                self._on_event(event)
+            if len(events) == 500:
+                position = events[-1].position
+                continue
+            position = max(head, events[-1].position if events else head)
+            await self.store.wait_for_append(position, 1.0)
+
+    def _on_event(self, event: Event) -> None:
+        run_id = event.data.get("run_id")
+        if not isinstance(run_id, str):
+            return
+        if event.type == ev.RUN_REQUESTED and event.data.get("mode") == "run":
+            self._launch(run_id)
+        elif event.type == ev.RUN_CANCEL_REQUESTED:
+            context = self._active.get(run_id)
+            if context is not None:
+                context.stop = True
+            elif run_id not in self._active:
+                self._launch(run_id)  # a run this engine is not working: end it as canceled
+
+    def _launch(self, run_id: str) -> None:
+        if run_id in self._active or self._tg is None:
+            return
+        self._active[run_id] = None
+        self._tg.start_soon(self._guarded, run_id, name=f"run {run_id}")
+
+    async def _guarded(self, run_id: str) -> None:
+        try:
+            await self._work(run_id)
+        except Exception:
+            log.exception("run %s: the engine failed", run_id)
+            await self._end_after_crash(run_id)
+        finally:
+            self._active.pop(run_id, None)
+            self._ended.setdefault(run_id, asyncio.Event()).set()
+
+    async def wait_for_end(self, run_id: str, timeout: float | None = None) -> Event | None:
+        """The run's final event, once it is in the log (None when the timeout ends first)."""
+        with anyio.move_on_after(timeout):
+            while True:
+                events = await self.store.read_stream(ev.run_stream(run_id))
+                for event in reversed(events):
+                    if event.type in ev.RUN_ENDS:
+                        return event
+                flag = self._ended.setdefault(run_id, asyncio.Event())
+                with anyio.move_on_after(1.0):
+                    await flag.wait()
+                if flag.is_set():
+                    self._ended.pop(run_id, None)
+        return None
+
+    # -- one run -----------------------------------------------------------------------------
+
+    async def _load(self, run_id: str) -> RunState | None:
+        return fold_run(await self.store.read_stream(ev.run_stream(run_id)))
+
+    def _meta(self, state: RunState, causation_id: str | None) -> Metadata:
+        return Metadata(correlation_id=state.run_id, causation_id=causation_id)
+
+    async def _append(self, events: Sequence[NewEvent], key: str) -> AppendResult:
+        return await self.store.append(events, idempotency_key=key)
+
+    async def _work(self, run_id: str) -> None:
+        state = await self._load(run_id)
+        if state is None or state.ended is not None or state.requested["mode"] != "run":
+            return
+        project, _version = await self.services.commands.load_project(state.project_id)
+        if state.cancel_requested is not None:
+            await self._end(state, ev.RUN_CANCELED, {"status": "canceled"}, state.cancel_event_id)
+            return
+        try:
+            provider = await build_provider(
+                state.requested["provider"], project, self.services.vault, self.app_root, os.environ, self.cpu
+            )
+        except ProviderError as exc:
+            await self._end(state, ev.RUN_FAILED, _failure(StepFailed(exc.message)), state.requested_event_id)
+            return
+        context = RunContext(state, project, provider)
+        self._active[run_id] = context
+        try:
+            await self._execute(context)
+        finally:
+            await provider.aclose()
+
+    async def _execute(self, context: RunContext) -> None:
+        state = context.state
+        if state.started is None:
+            started = {
+                "run_id": state.run_id,
+                "project_id": state.project_id,
+                "status": "running",
+                "provider": context.provider.code,
+            }
+            result = await self._append(
+                [NewEvent(ev.run_stream(state.run_id), ev.RUN_STARTED, started, self._meta(state, state.requested_event_id))],
+                f"run:{state.run_id}/started",
+            )
+            state.started = started
+            context.last_event_id = result.event_ids[0]
+        jobs = anyio.Semaphore(self.jobs_in_flight)
+        async with anyio.create_task_group() as tg:
+            for job in state.ordered_jobs():
+                tg.start_soon(self._job, context, job, jobs)
+        latest = await self._load(state.run_id)  # a cancel may have landed meanwhile
+        if context.error is not None:
+            await self._end(state, ev.RUN_FAILED, _failure(context.error), context.last_event_id)
+        elif latest is not None and latest.cancel_requested is not None and not _all_decided(latest):
+            await self._end(state, ev.RUN_CANCELED, {"status": "canceled"}, latest.cancel_event_id)
+        else:
+            await self._complete(latest or state, context.last_event_id)
+
+    async def _job(self, context: RunContext, job: JobState, jobs: anyio.Semaphore) -> None:
+        async with jobs:
+            if context.stop or job.outcome is not None:
+                return
+            total = context.state.requested["candidates"]
+            async with anyio.create_task_group() as tg:
+                for index in range(1, total + 1):
+                    tg.start_soon(self._candidate, context, job, index)
+            if context.stop:
+                return
+            try:
+                await self._decide_job(context, job)
+            except Exception as exc:  # a step failure stops the run at the next boundary
+                _note_failure(context, exc)
+
+    async def _candidate(self, context: RunContext, job: JobState, index: int) -> None:
+        candidate = job.candidate(index)
+        try:
+            if candidate.generated is None and not context.stop:
+                await self._generate(context, job, candidate)
+            planned = [p for p in PASSES if job.planned["planned_postprocess"].get(p)]
+            if planned and candidate.generated is not None and candidate.checked is None:
+                raise StepFailed(f"Post-process pass '{planned[0]}' is not available in this version of Kroma")
+            if candidate.generated is not None and candidate.checked is None and not context.stop:
+                await self._check(context, job, candidate)
+            if candidate.rejected is not None:
+                await anyio.to_thread.run_sync(_finish_archive, candidate.rejected)
+        except Exception as exc:
+            _note_failure(context, exc)
+
+    # -- steps -------------------------------------------------------------------------------
+
+    async def _generate(self, context: RunContext, job: JobState, candidate: CandidateState) -> None:
+        state, planned = context.state, job.planned
+        total = state.requested["candidates"]
+        seed = candidate_seed(state.run_id, planned["job_key"], candidate.index)
+        request = GenerationRequest(prompt=planned["prompt"], input_images=tuple(planned["input_paths"]), seed=seed)
+        async with self.provider_calls:
+            try:
+                result = await context.provider.generate(request)
+            except ProviderError as exc:
+                raise StepFailed(exc.message) from None
+        candidate_id = self.clock.new_id()
+        asset_id = self.clock.new_id()
+        output = context.project_root / files.OUTPUTS / files.candidate_file_name(planned["job_key"], candidate.index, total)
+        fields = {
+            "run_id": state.run_id,
+            "job_id": job.job_id,
+            "job_key": planned["job_key"],
+            "candidate_id": candidate_id,
+            "candidate_index": str(candidate.index),
+            "prompt": planned["prompt"],
+            "provider": result.provider,
+            "model": result.model,
+            "size": result.size,
+            "quality": result.quality,
+            "seed": str(seed),
+            "parameters": _json(result.parameters),
+        }
+
+        def write() -> dict[str, Any]:
+            png = provenance.with_provenance(result.image, fields)
+            files.write_new(output, png, context.project_root)
+            return provenance.describe(png)
+
+        described = await anyio.to_thread.run_sync(write, limiter=self.cpu)
+        shown = display_path(output, self.app_root)
+        cost = pricing.price(self.prices, result.provider, result.model, result.size, result.quality)
+        data = {
+            "run_id": state.run_id,
+            "project_id": state.project_id,
+            "job_id": job.job_id,
+            "job_key": planned["job_key"],
+            "candidate_id": candidate_id,
+            "candidate_index": candidate.index,
+            "output": shown,
+            "output_abs": str(output),
+            "output_asset_id": asset_id,
+            "provider": result.provider,
+            "model": result.model,
+            "size": result.size,
+            "quality": result.quality,
+            "seed": seed,
+            "request_id": result.request_id,
+            "attempts": result.attempts,
+            "parameters": result.parameters,
+            "cost_usd": cost,
+            **described,
+        }
+        candidate.candidate_id = candidate_id
+        candidate.generated = data
+        meta = self._meta(state, context.last_event_id)  # caused by run.started
+        data["record"] = candidate_record(candidate)
+        events = [
+            NewEvent(ev.run_stream(state.run_id), ev.CANDIDATE_GENERATED, data, meta),
+            asset_recorded(_asset(asset_id, state, job, candidate_id, "candidate_output", shown, described), meta),
+            ev.cost_event(
+                ev.CostRecord(
+                    id=self.clock.new_id(),
+                    project_id=state.project_id,
+                    run_id=state.run_id,
+                    job_id=job.job_id,
+                    provider_code=result.provider,
+                    model_name=result.model,
+                    event_type="image_generation",
+                    units=1.0,
+                    unit_cost_usd=cost,
+                    total_cost_usd=cost,
+                    currency="USD",
+                    meta_json={
+                        "candidate_id": candidate_id,
+                        "candidate_index": candidate.index,
+                        "size": result.size,
+                        "quality": result.quality,
+                        "request_id": result.request_id,
+                        "attempts": result.attempts,
+                    },
+                ),
+                meta,
+            ),
+        ]
+        key = f"run:{state.run_id}/job:{planned['job_key']}/candidate:{candidate.index}/generated"
+        appended = await self._append(events, key)
+        candidate.last_event_id = appended.event_ids[0]
+        if appended.replayed:  # another engine recorded this step first: take its record
+            await self._adopt(context, job, candidate)
+
+    async def _check(self, context: RunContext, job: JobState, candidate: CandidateState) -> None:
+        state = context.state
+        path = Path(candidate.current_path or "")
+        shown = display_path(path, self.app_root)
+
+        def examine() -> dict[str, Any]:
+            data = path.read_bytes() if path.is_file() else None
+            entry = qa.check_file(data, shown, context.guard)
+            return qa.report([entry], shown, context.guard)
+
+        report = await anyio.to_thread.run_sync(examine, limiter=self.cpu)
+        rank = qa.rank(report, context.guard.max_chroma_delta)
+        failed = report["summary"]["hard_failures"] > 0
+        asset_id = candidate.current_asset_id
+        output_guard = {
+            "checked_input": shown,
+            "summary": report["summary"],
+            "files": [{"file": f["file"], "chroma_delta": f["chroma_delta"]} for f in report["files"]],
+            "bad_archive": None,
+        }
+        meta = self._meta(state, candidate.last_event_id)
+        data: dict[str, Any] = {
+            "run_id": state.run_id,
+            "project_id": state.project_id,
+            "job_id": job.job_id,
+            "candidate_id": candidate.candidate_id,
+            "candidate_index": candidate.index,
+            "status": "failed_output_guard" if failed else "done",
+            "report": report,
+            "rank": rank,
+            "output_guard": output_guard,
+            "final_output": None if failed else shown,
+            "final_asset_id": None if failed else asset_id,
+            "asset_id": asset_id,
+            "quality_report_id": self.clock.new_id(),
+        }
+        candidate.checked = data
+        events = [NewEvent(ev.run_stream(state.run_id), ev.CANDIDATE_CHECKED, data, meta)]
+        if failed:
+            target = _bad_target(path, context.project_root)
+            bad_archive = display_path(target, self.app_root)
+            rejected: dict[str, Any] = {
+                "run_id": state.run_id,
+                "project_id": state.project_id,
+                "job_id": job.job_id,
+                "candidate_id": candidate.candidate_id,
+                "candidate_index": candidate.index,
+                "from": shown,
+                "from_abs": str(path),
+                "bad_archive": bad_archive,
+                "bad_archive_abs": str(target),
+            }
+            candidate.rejected = rejected
+            rejected["record"] = candidate_record(candidate)
+            events.append(NewEvent(ev.run_stream(state.run_id), ev.CANDIDATE_REJECTED, rejected, meta))
+            if asset_id and candidate.generated is not None:  # the asset row follows its file
+                moved = _asset(asset_id, state, job, candidate.candidate_id, "candidate_output", bad_archive,
+                               _described(candidate.generated))
+                events.append(asset_recorded(moved, meta))
+        data["record"] = candidate_record(candidate)
+        key = f"run:{state.run_id}/job:{job.planned['job_key']}/candidate:{candidate.index}/checked"
+        appended = await self._append(events, key)
+        candidate.last_event_id = appended.event_ids[0]
+        if appended.replayed:
+            await self._adopt(context, job, candidate)
+            return
+        if candidate.rejected is not None:
+            await anyio.to_thread.run_sync(_finish_archive, candidate.rejected)
+
+    async def _decide_job(self, context: RunContext, job: JobState) -> None:
+        state = context.state
+        if job.outcome is not None:
+            return
+        ranked = [
+            {"candidate_index": c.index, "status": c.checked["status"], "rank": c.checked["rank"]}
+            for c in job.candidates.values()
+            if c.checked is not None
+        ]
+        if len(ranked) < state.requested["candidates"]:
+            return  # a candidate is unfinished (stopped run): decided on resume
+        winner = qa.pick_winner(ranked)
+        last = max((c for c in job.candidates.values()), key=lambda c: c.index).last_event_id
+        meta = self._meta(state, last)
+        planned_object = ev.planned_job_record(job.planned)
+        base = {"run_id": state.run_id, "project_id": state.project_id, "job_id": job.job_id, "job_key": job.planned["job_key"]}
+        events: list[NewEvent] = []
+        if winner is None:
+            job.outcome, job.outcome_type = {**base, "failure_reason": "all_candidates_failed_output_guard"}, ev.JOB_FAILED
+            job.outcome["record"] = job_record(job, planned_object)
+            events.append(NewEvent(ev.run_stream(state.run_id), ev.JOB_FAILED, job.outcome, meta))
+        else:
+            chosen = job.candidates[winner["candidate_index"]]
+            assert chosen.checked is not None and chosen.generated is not None
+            final_asset_id = self.clock.new_id()
+            job.outcome = {
+                **base,
+                "selected_candidate": chosen.index,
+                "candidate_id": chosen.candidate_id,
+                "final_output": chosen.checked["final_output"],
+                "final_asset_id": final_asset_id,
+                "source_asset_id": chosen.current_asset_id,
+            }
+            job.outcome_type = ev.JOB_WINNER_SELECTED
+            job.outcome["record"] = job_record(job, planned_object)
+            events.append(NewEvent(ev.run_stream(state.run_id), ev.JOB_WINNER_SELECTED, job.outcome, meta))
+            final = _asset(final_asset_id, state, job, None, "job_final_output", chosen.checked["final_output"],
+                           _described(chosen.generated), {"selected_candidate": chosen.index})
+            events.append(asset_recorded(final, meta))
+            for c in sorted(job.candidates.values(), key=lambda c: c.index):
+                if c.current_asset_id:  # every candidate links to the job's final output
+                    link = {
+                        "project_id": state.project_id,
+                        "link_id": self.clock.new_id(),
+                        "parent_asset_id": c.current_asset_id,
+                        "child_asset_id": final_asset_id,
+                        "link_type": "derived_from",
+                    }
+                    events.append(NewEvent(project_stream(state.project_id), "asset_link.created", link, meta))
+        appended = await self._append(events, f"run:{state.run_id}/job:{job.planned['job_key']}/outcome")
+        context.last_event_id = appended.event_ids[0]
+
+    async def _adopt(self, context: RunContext, job: JobState, candidate: CandidateState) -> None:
+        latest = await self._load(context.state.run_id)
+        if latest is not None and job.job_id in latest.jobs:
+            job.candidates[candidate.index] = latest.jobs[job.job_id].candidate(candidate.index)
+
+    # -- the end -------------------------------------------------------------------------------
+
+    async def _complete(self, state: RunState, causation_id: str | None) -> None:
+        jobs = state.ordered_jobs()
+        failed = [j for j in jobs if j.outcome_type == ev.JOB_FAILED]
+        if any(j.outcome is None for j in jobs):  # stopped before every job was decided
+            await self._end(state, ev.RUN_FAILED, _failure(StepFailed("Run stopped before every job was decided")), causation_id)
+            return
+        requested = state.requested
+        root = Path(requested["project_root"])
+        stdout = summary_stdout(
+            run_log_path=requested["run_log_path"],
+            slug=requested["project_slug"],
+            project_root=display_path(root, self.app_root),
+            jobs=len(jobs),
+            mode="run",
+        )
+        stderr = ""
+        if failed:
+            bad = display_path(root / files.ARCHIVE_BAD, self.app_root)
+            stderr = f"Output guard failed for {len(failed)} job(s). Bad outputs moved to {bad}"
+        await self._end(
+            state,
+            ev.RUN_COMPLETED,
+            {
+                "status": "failed" if failed else "ok",
+                "failed_jobs": len(failed),
+                "jobs": len(jobs),
+                "stdout": stdout,
+                "stderr": stderr,
+                "quality_report_id": self.clock.new_id(),
+                "output_guard": requested["output_guard"],
+            },
+            causation_id,
+        )
+
+    async def _end(self, state: RunState, kind: str, data: dict[str, Any], causation_id: str | None) -> None:
+        payload = {"run_id": state.run_id, "project_id": state.project_id, **data}
+        event = NewEvent(ev.run_stream(state.run_id), kind, payload, self._meta(state, causation_id))
+        await self._append([event], f"run:{state.run_id}/end")
+
+    async def _end_after_crash(self, run_id: str) -> None:
+        try:
+            state = await self._load(run_id)
+            if state is not None and state.ended is None:
+                await self._end(state, ev.RUN_FAILED, _failure(RuntimeError("engine failure")), None)
+        except Exception:
+            log.exception("run %s: could not record the failure", run_id)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _json(value: Any) -> str:
+    import msgspec
+
+    return msgspec.json.encode(value, order="sorted").decode()
+
+
+def _note_failure(context: RunContext, exc: BaseException) -> None:
+    if not isinstance(exc, StepFailed | KromaError):
+        log.error("run %s: step failed: %r", context.state.run_id, exc)
+    context.fail(exc)
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, StepFailed):
+        return {"status": "failed", "error": exc.message, "error_code": exc.code, "error_kind": exc.kind}
+    if isinstance(exc, KromaError) and exc.status < 500:
+        return {"status": "failed", "error": exc.message, "error_code": exc.code, "error_kind": exc.kind}
+    return {"status": "failed", "error": "Internal server error", "error_code": "internal_error", "error_kind": "infra"}
+
+
+def _all_decided(state: RunState) -> bool:
+    return all(j.outcome is not None for j in state.jobs.values())
+
+
+def _described(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: data[k] for k in ("mime_type", "width", "height", "sha256") if k in data}
+
+
+def _asset(
+    asset_id: str,
+    state: RunState,
+    job: JobState,
+    candidate_id: str | None,
+    kind: str,
+    shown: str,
+    described: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> AssetRecord:
+    return AssetRecord(
+        id=asset_id,
+        project_id=state.project_id,
+        kind=kind,
+        asset_kind=kind,
+        rel_path=shown,
+        storage_uri=shown,
+        storage_backend="local",
+        mime_type=described.get("mime_type"),
+        width=described.get("width"),
+        height=described.get("height"),
+        sha256=described.get("sha256"),
+        run_id=state.run_id,
+        job_id=job.job_id,
+        candidate_id=candidate_id,
+        metadata_json={"path_exists": True, **(extra or {})},
+    )
+
+
+def _bad_target(path: Path, project_root: Path) -> Path:
+    folder = project_root / files.ARCHIVE_BAD
+    name = f"{files.sanitize_name(path.stem) or 'image'}_bad_{files.stamp()}{path.suffix}"
+    return folder / name
+
+
+def _finish_archive(rejected: dict[str, Any]) -> None:
+    """Move a rejected candidate's file to its recorded archive path (idempotent: on resume the
+    move may already be done)."""
+    source, target = Path(rejected["from_abs"]), Path(rejected["bad_archive_abs"])
+    if source.exists() and not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
