@@ -222,7 +222,7 @@ def _weather(ink: np.ndarray, look: Look, rng: np.random.Generator) -> np.ndarra
     if look.rain:
         streaks = Image.new("L", (width, height), 0)
         draw = ImageDraw.Draw(streaks)
-        count = int(width * height / 2500)
+        count = int(width * height / 1800)
         xs = rng.uniform(-0.3 * width, width, count)
         ys = rng.uniform(-0.1 * height, height, count)
         lengths = rng.uniform(18.0, 46.0, count) * scale

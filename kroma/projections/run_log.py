@@ -16,11 +16,20 @@ from kroma.events.envelope import Event
 def document(events: list[Event]) -> dict[str, Any]:
     """The run log of the run whose stream is `events` (KeyError when it has no `run.requested`)."""
     requested = next(e.data for e in events if e.type == ev.RUN_REQUESTED)
-    started = next((e.data for e in events if e.type == ev.RUN_STARTED), {})
+    first = next((e.data for e in events if e.type == ev.CANDIDATE_GENERATED), {})  # the run's model (§4.2)
     jobs: dict[str, dict[str, Any]] = {}
+    candidates: dict[str, dict[int, dict[str, Any]]] = {}
     for event in events:
+        d = event.data
         if event.type == ev.JOB_PLANNED:
-            jobs[event.data["job_id"]] = ev.planned_job_record(event.data)
+            jobs[d["job_id"]] = ev.planned_job_record(d)
+        elif event.type in (ev.CANDIDATE_GENERATED, ev.CANDIDATE_CHECKED, ev.CANDIDATE_REJECTED) and "record" in d:
+            candidates.setdefault(d["job_id"], {})[d["candidate_index"]] = d["record"]
+        elif event.type in (ev.JOB_WINNER_SELECTED, ev.JOB_FAILED) and "record" in d:
+            jobs[d["job_id"]] = d["record"]
+    for job_id, records in candidates.items():
+        if job_id in jobs and "candidates" not in jobs[job_id]:  # a job still being worked
+            jobs[job_id] = {**jobs[job_id], "status": "running", "candidates": [records[k] for k in sorted(records)]}
     return {
         "timestamp": requested["timestamp"],
         "project": requested["project_slug"],
@@ -28,9 +37,9 @@ def document(events: list[Event]) -> dict[str, Any]:
         "stage": requested["stage"],
         "time": requested["time"],
         "weather": requested["weather"],
-        "model": started.get("model", ""),
-        "size": started.get("size", ""),
-        "quality": started.get("quality", ""),
+        "model": first.get("model", ""),
+        "size": first.get("size", ""),
+        "quality": first.get("quality", ""),
         "generation": requested["generation"],
         "postprocess": requested["postprocess"],
         "output_guard": requested["output_guard"],
