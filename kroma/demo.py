@@ -7,6 +7,7 @@ from litestar.testing import AsyncTestClient
 
 from kroma.config import Settings
 from kroma.http.app import create_app
+from kroma.imaging.sketch import street_scene
 
 DEMO_SLUG = "demo_comic"
 
@@ -55,4 +56,31 @@ async def seed_demo(settings: Settings) -> list[str]:
             response = await client.request(method, path, json=body)
             if response.status_code == 200:
                 created.append(f"{method} {path}")
+        created += await _demo_run(client)
     return created
+
+
+async def _demo_run(client: AsyncTestClient) -> list[str]:
+    """Two street scenes uploaded and one paid-mode run on the offline local provider, so a fresh
+    install shows candidates, winners and a contact sheet (GET .../runs/{id}/contact-sheet.png)."""
+    base = f"/api/projects/{DEMO_SLUG}"
+    files = [("file", (f"harbour_street_{i}.png", street_scene((512, 768), i), "image/png")) for i in (1, 2)]
+    uploaded = await client.post(f"{base}/assets", files=files)
+    if uploaded.status_code != 200:
+        return []
+    world = {
+        "style_guide_id": (await client.get(f"{base}/style-guides")).json()["style_guides"][0]["id"],
+        "character_ids": [(await client.get(f"{base}/characters")).json()["characters"][0]["id"]],
+        "prompt_template_id": (await client.get(f"{base}/prompt-templates")).json()["prompt_templates"][0]["id"],
+        "template_vars": {"scene": "a rain-soaked harbour street at night"},
+    }
+    body = {
+        "mode": "run",
+        "confirm_spend": True,
+        "provider": "local",
+        "candidates": 3,
+        "scene_refs": [a["rel_path"] for a in uploaded.json()["assets"]],
+        **world,
+    }
+    run = await client.post(f"{base}/runs/trigger", json=body)
+    return [f"POST {base}/assets", f"POST {base}/runs/trigger"] if run.status_code == 200 else []

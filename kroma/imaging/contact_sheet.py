@@ -126,8 +126,8 @@ class _Sheet:
             draw.line((box[0], box[1], box[2], box[3]), fill=RED, width=stroke)
             draw.line((box[0], box[3], box[2], box[1]), fill=RED, width=stroke)
             draw.rectangle(box, outline=RED, width=2)
-        else:
-            draw.rectangle(box, outline=RULE, width=1)
+        else:  # a hairline just outside the picture
+            draw.rectangle((box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1), outline=RULE, width=1)
         if cell.thumb is None:  # the placeholder's caption, on a plate so a red X does not hide it
             text = cell.missing_reason
             tw = self.text_width(text, self.label)

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
 
 _WORDS = re.compile(r"[a-z]+")
+_ORIENTATION = 0x0112  # the EXIF tag of the camera's orientation
 NIGHT = frozenset({"night", "midnight", "nighttime", "dark", "moonlit", "moonlight"})
 DUSK = frozenset({"dusk", "evening", "twilight", "sunset", "dawn"})
 BRIGHT = frozenset({"day", "daylight", "sunny", "bright", "noon", "morning", "midday"})
@@ -103,8 +104,9 @@ def _decode_rgb(data: bytes) -> Image.Image:
     """The image as RGB; transparent parts lie on white paper."""
     try:
         with Image.open(io.BytesIO(data)) as opened:
-            image = ImageOps.exif_transpose(opened)
-            image.load()
+            opened.load()
+            upright = opened.getexif().get(_ORIENTATION, 1) in (None, 1)
+            image = opened if upright else ImageOps.exif_transpose(opened)
     except Exception as exc:
         raise ValueError(f"scene image does not decode: {exc}") from exc
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16-bit or float gray
@@ -115,7 +117,7 @@ def _decode_rgb(data: bytes) -> Image.Image:
         rgba = image.convert("RGBA")
         paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(paper, rgba).convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -151,12 +153,12 @@ def _style_tone(style_refs: list[bytes]) -> tuple[float, float] | None:
     return float(np.mean(means)), float(np.mean(spreads))
 
 
-def _tone(
+def _darkness(
     blurred: Image.Image, look: Look, style: tuple[float, float] | None, size: tuple[int, int]
 ) -> np.ndarray:
-    """Lightness 0..1 at `size`, from the softened half-size luminance: levels stretched, then
-    contrast, the style references' tone and gamma, enlarged bilinearly so region borders are
-    smooth curves."""
+    """Darkness 0..1 (1 is black) at `size`, from the softened half-size luminance: levels
+    stretched, then contrast, the style references' tone and gamma, enlarged bilinearly so region
+    borders are smooth curves."""
     tone = np.asarray(blurred, dtype=np.float32) / 255.0
     low, high = np.percentile(tone[::2, ::2], (1.0, 99.0))
     if high - low > 0.05:
@@ -169,24 +171,22 @@ def _tone(
         if spread > 0.01:
             contrast *= float(np.clip(ref_spread / spread, 0.8, 1.25))
     tone = np.clip((tone - 0.5) * contrast + 0.5, 0.0, 1.0) ** look.gamma
-    return _enlarge(tone, size)
+    return _enlarge(1.0 - tone, size)
 
 
 def _enlarge(field: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A float field (a new, writable array) resized bilinearly to `size` (width, height)."""
+    """A float field resized bilinearly to `size` (width, height)."""
     if field.shape[::-1] == size:
-        return field.astype(np.float32)
+        return field.astype(np.float32, copy=False)
     image = Image.fromarray(field.astype(np.float32, copy=False))
-    return np.array(image.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+    return np.asarray(image.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 def _outlines(narrow: Image.Image, wide: Image.Image, look: Look, size: tuple[int, int]) -> np.ndarray:
     """Ink coverage 0..1 of the outlines: the dark side of a difference of Gaussians, found at half
     size and thresholded after enlarging, so lines stay crisp."""
     dog = np.asarray(wide, dtype=np.float32) - np.asarray(narrow, dtype=np.float32)
-    lines = _enlarge(dog, size)
-    lines -= look.line_threshold
-    lines *= 0.3
+    lines = (_enlarge(dog, size) - look.line_threshold) * 0.3
     return np.clip(lines, 0.0, 1.0, out=lines)
 
 
@@ -212,7 +212,9 @@ def _hatch(
 
 def _step(values: np.ndarray, edge: float) -> np.ndarray:
     """A soft threshold: 0 below `edge`, 1 above, over a narrow ramp (smooth region borders)."""
-    return np.clip((values - edge) * 25.0 + 0.5, 0.0, 1.0)
+    ramp = values * 25.0
+    ramp += 0.5 - 25.0 * edge
+    return np.clip(ramp, 0.0, 1.0, out=ramp)
 
 
 def _weather(ink: np.ndarray, look: Look, rng: np.random.Generator) -> np.ndarray:
@@ -304,7 +306,7 @@ def render_ink(
     narrow = half.filter(ImageFilter.GaussianBlur(sigma))
     wide = half.filter(ImageFilter.GaussianBlur(sigma * 2.0))
 
-    darkness = 1.0 - _tone(narrow, look, _style_tone(style_refs), (width, height))
+    darkness = _darkness(narrow, look, _style_tone(style_refs), (width, height))
     shape = (height, width)
     phase = float(rng.uniform(0.0, 2.0 * math.pi))
     single = _hatch(shape, look.hatch_angle, look, darkness, phase)
@@ -316,8 +318,10 @@ def render_ink(
         ink = _weather(ink, look, rng)
     _grain(ink, look.grain, rng)
 
-    # Paper a touch off-white, ink a touch off-black.
-    levels = np.clip((1.0 - ink) * 250.0 + 4.5, 0.0, 255.0).astype(np.uint8)
+    # Paper a touch off-white (254), ink a touch off-black (4).
+    ink *= -250.0
+    ink += 254.5
+    levels = np.clip(ink, 0.0, 255.0, out=ink).astype(np.uint8)
     out = Image.fromarray(levels)
     if look.wash > 0.0:
         out = _wash(out, look, image)
