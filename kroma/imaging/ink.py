@@ -175,11 +175,36 @@ def _darkness(
 
 
 def _enlarge(field: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A float field resized bilinearly to `size` (width, height)."""
-    if field.shape[::-1] == size:
+    """A float field resized bilinearly to `size` (width, height); the usual case, a field at half
+    size, is doubled in numpy (several times faster than a round trip through Pillow)."""
+    width, height = size
+    if field.shape == (height, width):
         return field.astype(np.float32, copy=False)
+    if field.shape == ((height + 1) // 2, (width + 1) // 2):
+        return _double(field.astype(np.float32, copy=False))[:height, :width]
     image = Image.fromarray(field.astype(np.float32, copy=False))
     return np.asarray(image.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def _double(field: np.ndarray) -> np.ndarray:
+    """Bilinear 2x enlargement with pixel centres aligned (as Pillow's BILINEAR): each new pixel is
+    3/4 of its source pixel and 1/4 of the neighbour on its side, the edges clamped."""
+    height, width = field.shape
+    wide = np.empty((height, 2 * width), dtype=np.float32)
+    np.multiply(field, 0.75, out=wide[:, 0::2])
+    wide[:, 1::2] = wide[:, 0::2]
+    wide[:, 2::2] += 0.25 * field[:, :-1]
+    wide[:, 0] += 0.25 * field[:, 0]
+    wide[:, 1:-1:2] += 0.25 * field[:, 1:]
+    wide[:, -1] += 0.25 * field[:, -1]
+    out = np.empty((2 * height, 2 * width), dtype=np.float32)
+    np.multiply(wide, 0.75, out=out[0::2])
+    out[1::2] = out[0::2]
+    out[2::2] += 0.25 * wide[:-1]
+    out[0] += 0.25 * wide[0]
+    out[1:-1:2] += 0.25 * wide[1:]
+    out[-1] += 0.25 * wide[-1]
+    return out
 
 
 def _outlines(narrow: Image.Image, wide: Image.Image, look: Look, size: tuple[int, int]) -> np.ndarray:

@@ -106,7 +106,8 @@ def test_read_provenance_of_a_plain_or_foreign_image_is_empty() -> None:
 
 
 @pytest.mark.parametrize(
-    ("fmt", "mime"), [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp"), ("GIF", "image/gif")]
+    ("fmt", "mime"),
+    [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp"), ("GIF", "image/gif")],
 )
 def test_describe_reports_type_size_and_digest(fmt: str, mime: str) -> None:
     data = encode(noisy("RGB", (31, 12)), fmt)
@@ -139,3 +140,20 @@ def test_sniff_image_rejects_unknown_bytes_and_empty_data() -> None:
         sniff_image(b"GIF89 but not really" * 4)
     with pytest.raises(ValueError, match="empty"):
         sniff_image(b"")
+
+
+def test_compressed_kroma_chunks_written_by_another_tool_are_read() -> None:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("kroma:note", "é" * 200, zip=True)
+    info.add_text("kroma:plain", "z" * 300, zip=True)  # a zTXt chunk
+    buffer = io.BytesIO()
+    noisy().save(buffer, format="PNG", pnginfo=info)
+    assert read_provenance(buffer.getvalue()) == {"note": "é" * 200, "plain": "z" * 300}
+
+
+def test_with_provenance_refuses_a_truncated_png() -> None:
+    data = encode(noisy("RGB", (100, 100)))
+    with pytest.raises(ValueError, match="truncated PNG"):
+        with_provenance(data[: len(data) // 2], {"a": "b"})

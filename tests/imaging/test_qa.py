@@ -295,7 +295,9 @@ def test_only_done_candidates_can_win() -> None:
 
 
 def test_no_done_candidate_means_no_winner() -> None:
-    assert qa.pick_winner([candidate(1, status="failed_output_guard"), candidate(2, status="generated")]) is None
+    assert (
+        qa.pick_winner([candidate(1, status="failed_output_guard"), candidate(2, status="generated")]) is None
+    )
     assert qa.pick_winner([]) is None
 
 

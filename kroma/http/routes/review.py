@@ -86,7 +86,7 @@ async def run_contact_sheet(slug: FromPath[str], run_id: FromPath[str], services
     for job in await read.jobs_of_run(services.reader, run["id"]):
         candidates = []
         for c in job["candidates"]:
-            asset = assets.get(c["output_asset_id"])
+            asset = assets.get(c["final_asset_id"]) or assets.get(c["output_asset_id"])  # after the passes
             path = asset_file(services, project_root, read.asset_view(asset)) if asset else None
             candidates.append(
                 {
