@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
+from kroma.cli_pipeline import COMMANDS as PIPELINE_COMMANDS
 from kroma.config import Settings, load_settings
 from kroma.services import Services
 
@@ -283,6 +284,10 @@ def tokens_revoke(data_dir: str | None, token_id: str) -> None:
 
     _with_services(_settings(data_dir), _as_cli(lambda s: auth.revoke_token(s, token_id)), follow=True)
     click.echo(f"revoked token {token_id}")
+
+
+for _command in PIPELINE_COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,9 +14,37 @@ Events:
   (cancel of a canceled) instruction. The record is returned unchanged and no instruction event is
   listed, but the call is still recorded: the log is the audit trail (the reference writes an audit
   row here), so the response's `audit_id` is this event's id.
-Statuses: pending, confirmed, running, done, failed, canceled (the worker, later, moves confirmed
-instructions through running/done/failed). Confirm and cancel move any status other than their
-opposite terminal one.
+Statuses: pending, confirmed, running, done, failed, canceled. Confirm and cancel move any status
+other than their opposite terminal one (also `running`: a cancel during a dispatch wins).
+
+Dispatch (pipeline spec §7; the worker is `kroma.agents`), every step one event on the stream:
+- `agent_instruction.reserved` {worker_id, lease_id, attempt, max_attempts, lease_expires_at}
+  -> `running`; not listed (the reference writes no instruction event on reservation). Appended
+  with the stream's exact version, so of two workers one reserves and the other loses the race.
+- `agent_instruction.dispatched` -> the mapped status; listed `result`
+  "remote_status={s}, attempts={n}, http_status={code}" ({s} is the spec's mapped remote status).
+- `agent_instruction.retry_scheduled` -> `confirmed` with `next_attempt_at`; listed
+  `retry_scheduled` "error={e}, attempts={n}, max_attempts={m}, next_attempt_at={t}".
+- `agent_instruction.dispatch_failed` -> `failed`; listed `error`, the same message with
+  `next_attempt_at=none`.
+Outcome events carry the record they leave behind (status, attempts, max_attempts,
+next_attempt_at, last_error, and the agent's response for a result), decided against the exact
+stream version, so folding them needs no clock and a rebuild is identical.
+
+The lease: a reservation holds the instruction until `lease_expires_at` (the worker's
+`max_locked_seconds`, at least the longest dispatch it can make plus a margin, so a live worker
+always records its outcome before its lease ends). An outcome closes its own lease only. Confirm
+and cancel do not close it: an instruction confirmed again during a dispatch is not reserved
+again until that dispatch is recorded or its lease has expired, so one instruction is never
+dispatched twice at once. A `running` instruction whose lease expired (its worker died) is
+recorded as a failed attempt with error `lease_expired` (a retry with the usual backoff, or
+`failed` once attempts are exhausted) by the next worker that looks, so nothing stays `running`.
+An outcome whose lease is no longer the running one (canceled, confirmed again or expired
+meanwhile) is still recorded, as a listed `result`/`error`, but leaves the status as it is.
+
+Remote status `running` (the agent took the instruction and works on it asynchronously) becomes
+`done`, like `accepted` and `queued`: the dispatch is complete, the agent's response is kept, and
+nothing parks in `running` (the reference's defect, pipeline spec §10.7 #11).
 
 Request compatibility (contract §9): create reads `instruction_text`. A client following the
 OpenAPI draft sends `{instruction_type, payload_json, requires_confirmation}`; when its
@@ -29,12 +57,14 @@ Everything else of the draft shape is ignored; without any text the request is t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
 
-from kroma.clock import to_seconds
+from kroma.clock import iso_micro, to_seconds
 from kroma.domain.errors import NotFound, ValidationError, required
 from kroma.events.envelope import Event, ExpectedVersion, Metadata, NewEvent
 
@@ -43,7 +73,20 @@ CONFIRMED = "agent_instruction.confirmed"
 CANCELED = "agent_instruction.canceled"
 CONFIRM_REPEATED = "agent_instruction.confirm_repeated"
 CANCEL_REPEATED = "agent_instruction.cancel_repeated"
+RESERVED = "agent_instruction.reserved"
+DISPATCHED = "agent_instruction.dispatched"
+RETRY_SCHEDULED = "agent_instruction.retry_scheduled"
+DISPATCH_FAILED = "agent_instruction.dispatch_failed"
+OUTCOMES = (DISPATCHED, RETRY_SCHEDULED, DISPATCH_FAILED)
 NOT_FOUND = "Agent instruction not found"
+
+DEFAULT_MAX_ATTEMPTS = 3  # the reference's column default
+MISSING_URL = "missing_agent_api_url"
+LEASE_EXPIRED = "lease_expired"
+DISPATCH_FAILED_TEXT = "dispatch_failed"  # the error text of a failure that gave none
+REMOTE_STATUSES = {"done": "done", "failed": "failed", "running": "running", "accepted": "done", "queued": "done"}
+# The instruction's status for a mapped remote status: `running` is done (see the module docstring).
+RESULT_STATUSES = {"done": "done", "failed": "failed", "running": "done"}
 
 
 def instruction_stream(instruction_id: str) -> str:
@@ -68,22 +111,61 @@ class InstructionAction(msgspec.Struct, omit_defaults=True):
 
 
 @dataclass
+class Lease:
+    """A worker's hold on an instruction: its attempt number and when the hold ends."""
+
+    lease_id: str
+    worker_id: str
+    attempt: int
+    expires_at: str  # envelope timestamp format (microseconds)
+
+
+@dataclass
 class InstructionState:
     id: str
     project_id: str
     status: str
     updated_at: str
+    instruction_text: str = ""
+    attempts: int = 0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    next_attempt_at: str | None = None  # YYYY-MM-DDTHH:MM:SSZ
+    last_error: str | None = None
+    lease: Lease | None = None  # the open lease, until its outcome is recorded
+
+
+def _evolve(state: InstructionState, event: Event) -> None:
+    d = event.data
+    if event.type == CONFIRMED:
+        state.status, state.next_attempt_at, state.last_error = "confirmed", None, None
+    elif event.type == CANCELED:
+        state.status = "canceled"
+    elif event.type == RESERVED:
+        state.status = "running"
+        state.max_attempts = d["max_attempts"]
+        state.lease = Lease(d["lease_id"], d["worker_id"], d["attempt"], d["lease_expires_at"])
+    elif event.type in OUTCOMES:
+        state.status = d["status"]
+        state.attempts = d["attempts"]
+        state.max_attempts = d["max_attempts"]
+        state.next_attempt_at = d["next_attempt_at"]
+        state.last_error = d["last_error"]
+        if state.lease is not None and state.lease.lease_id == d["lease_id"]:
+            state.lease = None
+    else:
+        return
+    state.updated_at = to_seconds(event.recorded_at)
 
 
 def fold(events: list[Event]) -> InstructionState | None:
     state: InstructionState | None = None
     for event in events:
-        d, at = event.data, to_seconds(event.recorded_at)
         if event.type == CREATED:
-            state = InstructionState(d["instruction_id"], d["project_id"], "pending", at)
-        elif state is not None and event.type in (CONFIRMED, CANCELED):
-            state.status = "confirmed" if event.type == CONFIRMED else "canceled"
-            state.updated_at = at
+            d = event.data
+            at = to_seconds(event.recorded_at)
+            state = InstructionState(d["instruction_id"], d["project_id"], "pending", at, d["instruction_text"])
+        elif state is not None:
+            _evolve(state, event)
     return state
 
 

@@ -133,6 +133,8 @@ class RunRequested(msgspec.Struct, kw_only=True):
     storage: dict[str, Any]  # {project_root (display), resolved_from_backend}
     jobs: int
     world: dict[str, Any] | None = None  # the style guide, cast, reference set and template used
+    postprocess_outputs: dict[str, Any] | None = None  # bg format, upscale scale/format, profile
+    postprocess_config: dict[str, Any] | None = None  # the post-process config document in force
 
 
 class JobPlanned(msgspec.Struct, kw_only=True):

@@ -15,7 +15,10 @@ ARCHIVE_REPLACED = "archive/replaced"
 def sanitize_name(text: str) -> str:
     """`execution.rs::sanitize_id`: lowercase, `[a-z0-9_-]` kept, any run of other characters one
     `_`, leading/trailing `_` stripped; existing `_` runs are kept (so `__c2` survives)."""
-    return re.sub(r"[^a-z0-9_-]+", "_", text.lower()).strip("_")
+    return re.sub(r"[^a-z0-9_-]+", "_", text.translate(_ASCII_LOWER)).strip("_")
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def candidate_file_name(job_key: str, index: int, total: int) -> str:

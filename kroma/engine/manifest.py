@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -57,10 +58,36 @@ class Generation(msgspec.Struct, frozen=True, kw_only=True):
     max_candidates: int = 6
 
 
+EXTRA_CHECKS = ("wrong_size", "near_blank", "geometry_drift")
+
+
 class OutputGuard(msgspec.Struct, frozen=True, kw_only=True):
     enforce_grayscale: bool = False
     max_chroma_delta: float = 2.0
     fail_on_chroma_exceed: bool = False
+    # Beyond the reference (all off by default): soft warnings unless named in hard_checks.
+    expected_size: str | None = None  # "WxH": a candidate of another size is `wrong_size`
+    min_contrast: float | None = None  # luma standard deviation below it is `near_blank`
+    max_geometry_drift: float | None = None  # 1 - edge-map similarity to the scene, above it
+    hard_checks: tuple[str, ...] = ()
+
+    def record(self) -> dict[str, Any]:
+        """The planned output-guard record (§6.1); the extra checks only when set."""
+        out: dict[str, Any] = {
+            "enabled": True,
+            "enforce_grayscale": self.enforce_grayscale,
+            "max_chroma_delta": self.max_chroma_delta,
+            "fail_on_chroma_exceed": self.fail_on_chroma_exceed,
+        }
+        extras = {
+            "expected_size": self.expected_size,
+            "min_contrast": self.min_contrast,
+            "max_geometry_drift": self.max_geometry_drift,
+        }
+        out.update({k: v for k, v in extras.items() if v is not None})
+        if self.hard_checks:
+            out["hard_checks"] = list(self.hard_checks)
+        return out
 
 
 class Policy(msgspec.Struct, frozen=True, kw_only=True):
@@ -167,7 +194,29 @@ def _output_guard(value: Any) -> OutputGuard:
             if "fail_on_chroma_exceed" in section
             else base.fail_on_chroma_exceed
         ),
+        **_extra_checks(section),
     )
+
+
+def _extra_checks(section: dict[str, Any]) -> dict[str, Any]:
+    """Kroma's optional checks; messages in the manifest's own wording."""
+    values: dict[str, Any] = {}
+    if section.get("expected_size") is not None:
+        size = section["expected_size"]
+        if isinstance(size, list) and len(size) == 2 and all(type(v) is int and v > 0 for v in size):
+            size = f"{size[0]}x{size[1]}"
+        if not isinstance(size, str) or not re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", size.strip()):
+            raise _field_error("output_guard.expected_size", "be a size like '1024x1536'")
+        values["expected_size"] = size.strip()
+    for key in ("min_contrast", "max_geometry_drift"):
+        if section.get(key) is not None:
+            values[key] = _non_negative_number(section[key], f"output_guard.{key}")
+    if section.get("hard_checks") is not None:
+        checks = section["hard_checks"]
+        if not isinstance(checks, list) or any(c not in EXTRA_CHECKS for c in checks):
+            raise _field_error("output_guard.hard_checks", f"be an array of: {', '.join(EXTRA_CHECKS)}")
+        values["hard_checks"] = tuple(checks)
+    return values
 
 
 def _policy(value: Any) -> Policy:

@@ -73,7 +73,8 @@ class Plan:
     run_log_path: str  # display path
     timestamp: str
     world: dict[str, Any] | None
-    postprocess_config_path: str | None  # absolute, for the passes (part 3)
+    postprocess_outputs: dict[str, Any]  # bg format, upscale scale/format, colour profile (§3.4)
+    postprocess_config: dict[str, Any]  # the config file's document ({} without one), for the passes
 
 
 def check_slug(raw_slug: str) -> str:
@@ -84,10 +85,18 @@ def check_slug(raw_slug: str) -> str:
     return slug
 
 
+def ascii_lower(text: str) -> str:
+    """Rust's `to_ascii_lowercase`: only A-Z change (so no non-ASCII letter becomes ASCII)."""
+    return text.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 def sanitize_job_id(text: str) -> str:
     """HEAD's `sanitize_id` (§3.4): lowercase ASCII letters/digits and `-` kept, anything else
     (`_` included) becomes `_`, runs of `_` collapse, leading/trailing `_` removed."""
-    out = re.sub(r"[^a-z0-9-]", "_", text.lower())
+    out = re.sub(r"[^a-z0-9-]", "_", ascii_lower(text))
     return re.sub(r"_+", "_", out).strip("_")
 
 
@@ -226,7 +235,9 @@ def _style_refs(ctx: PlanContext, manifest: manifests.Manifest) -> list[tuple[st
     return [(text, _ref(ctx, text, "input_image")) for text in given]
 
 
-def _postprocess(ctx: PlanContext, overlay: layers.Overlay) -> tuple[dict[str, Any], str | None]:
+def _postprocess(
+    ctx: PlanContext, overlay: layers.Overlay
+) -> tuple[dict[str, Any], postprocess.PostprocessConfig]:
     path = layers.resolve_path(ctx.app_root, overlay.postprocess_config_path) if overlay.postprocess_config_path else None
     try:
         config = postprocess.load_postprocess_config(path)
@@ -243,7 +254,17 @@ def _postprocess(ctx: PlanContext, overlay: layers.Overlay) -> tuple[dict[str, A
         )
     except postprocess.PostprocessConfigError as exc:
         raise PlanningError(exc.message) from None
-    return record, str(path) if path else None
+    return record, config
+
+
+def _outputs(record: dict[str, Any], config: postprocess.PostprocessConfig) -> dict[str, Any]:
+    """What names the passes' files: bg format, upscale scale and format, the colour profile."""
+    return {
+        "bg_remove_format": config.bg_remove_format if record["bg_remove"] else None,
+        "upscale_scale": config.upscale_scale if record["upscale"] else None,
+        "upscale_format": config.upscale_format if record["upscale"] else None,
+        "color_profile": record["color_profile"] if record["color"] else None,
+    }
 
 
 def _candidate_count(ctx: PlanContext, manifest: manifests.Manifest) -> int:
@@ -289,7 +310,7 @@ def plan_run(ctx: PlanContext) -> Plan:
         raise PlanningError(
             f"Batch exceeds safety limit ({manifest.safe_batch_limit}). Use --allow-large-batch to override."
         )
-    record, postprocess_path = _postprocess(ctx, overlay)
+    record, config = _postprocess(ctx, overlay)
     candidates = _candidate_count(ctx, manifest)
     guard = manifest.output_guard
     stamp, timestamp = timestamps(ctx.now_ns)
@@ -298,12 +319,7 @@ def plan_run(ctx: PlanContext) -> Plan:
         candidates=candidates,
         generation={"candidates": candidates, "max_candidates": manifest.generation.max_candidates},
         postprocess=record,
-        output_guard={
-            "enabled": True,
-            "enforce_grayscale": guard.enforce_grayscale,
-            "max_chroma_delta": guard.max_chroma_delta,
-            "fail_on_chroma_exceed": guard.fail_on_chroma_exceed,
-        },
+        output_guard=guard.record(),
         storage={
             "project_root": display_path(ctx.project_root, ctx.app_root),
             "resolved_from_backend": ctx.resolved_from_backend,
@@ -311,7 +327,8 @@ def plan_run(ctx: PlanContext) -> Plan:
         run_log_path=display_path(ctx.project_root / "runs" / f"run_{stamp}.json", ctx.app_root),
         timestamp=timestamp,
         world=world_record(ctx.world),
-        postprocess_config_path=postprocess_path,
+        postprocess_outputs=_outputs(record, config),
+        postprocess_config=config.raw,
     )
 
 

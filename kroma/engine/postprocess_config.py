@@ -7,8 +7,9 @@ the adapters' lenient parser (binaries, models, endpoints, ...), which reads it 
 Rules, in the reference's checking order (first violation wins):
 
 - `upscale` object; `upscale.backend` string, trimmed and ASCII-lower-cased, one of
-  `UPSCALE_BACKENDS` (else `invalid upscale backend '{v}'. Expected ncnn|python.`, `{v}` being the
-  normalised value); `upscale.scale` a JSON integer literal in 1..=255 (a float literal such as
+  `UPSCALE_BACKENDS` (else `invalid upscale backend '{v}'. Expected ncnn|python|builtin.`, `{v}`
+  being the normalised value; without one the backend is resolved by installation, see
+  `planned_record`); `upscale.scale` a JSON integer literal in 1..=255 (a float literal such as
   `2.0`, a boolean or an out-of-range integer gives the field's "has invalid type" message, as the
   reference does); `upscale.format` png/jpg/jpeg(-> jpg)/webp, trimmed, any case (anything else:
   "has invalid type");
@@ -17,6 +18,11 @@ Rules, in the reference's checking order (first violation wins):
   invalid type") and then each, trimmed and ASCII-lower-cased, one of `BG_REMOVE_BACKENDS` (an
   empty array is accepted); `bg_remove.format` as `upscale.format`; `bg_remove.openai` object
   with booleans `enabled` and `required`.
+
+Where we depart from the reference: `builtin` (Kroma's in-process implementation) is an allowed
+name for both passes, the default background-remove chain is `rembg` then `builtin` (so a fresh
+install removes backgrounds with no key and no network), and the default upscale backend is the
+installed Real-ESRGAN (python, else ncnn) or else `builtin`, instead of always `python`.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from kroma.engine.settings_layer import (
 
 __all__ = [
     "BG_REMOVE_BACKENDS",
+    "DEFAULT_BG_REMOVE_BACKENDS",
     "IMAGE_FORMATS",
     "UPSCALE_BACKENDS",
     "PostprocessConfig",
@@ -53,7 +60,8 @@ __all__ = [
     "validate_upscale_backend",
 ]
 
-BG_REMOVE_BACKENDS: tuple[str, ...] = ("rembg", "photoroom", "removebg")
+BG_REMOVE_BACKENDS: tuple[str, ...] = ("rembg", "photoroom", "removebg", "builtin")
+DEFAULT_BG_REMOVE_BACKENDS: tuple[str, ...] = ("rembg", "builtin")
 IMAGE_FORMATS: tuple[str, ...] = ("png", "jpg", "webp")  # plus the alias "jpeg" -> "jpg"
 _MAX_SCALE = 255  # u8
 
@@ -69,11 +77,11 @@ class PostprocessConfigError(Exception):
 class PostprocessConfig(msgspec.Struct, frozen=True, kw_only=True):
     """The planning view of the postprocess config, with the planner's built-in defaults."""
 
-    upscale_backend: str = "python"
+    upscale_backend: str | None = None  # None: resolved by installation (`planned_record`)
     upscale_scale: int = 2
     upscale_format: str = "png"
     color_default_profile: str = "neutral"
-    bg_remove_backends: tuple[str, ...] = ("rembg",)
+    bg_remove_backends: tuple[str, ...] = DEFAULT_BG_REMOVE_BACKENDS
     bg_remove_format: str = "png"
     bg_refine_openai_enabled: bool = True
     bg_refine_openai_required: bool = True
@@ -209,6 +217,15 @@ def load_postprocess_config_from(app_root: Path, config_path: str | None) -> Pos
     return load_postprocess_config(join_path(app_root, trim(config_path)))
 
 
+def _installed_upscale_backend(app_root: Path | None) -> str:
+    if app_root is None:
+        return "builtin"
+    # Imported here: the passes module imports this one (for the backend tuples).
+    from kroma.engine.passes import default_upscale_backend
+
+    return default_upscale_backend(app_root)
+
+
 def planned_record(
     *,
     upscale: bool,
@@ -220,17 +237,25 @@ def planned_record(
     bg_remove_backends: Sequence[str] | None = None,
     bg_refine_openai: bool | None = None,
     bg_refine_openai_required: bool | None = None,
+    app_root: Path | None = None,
 ) -> dict[str, Any]:
     """The §5.2 record (`postprocess` in the run log, `planned_postprocess` on every job).
 
     Overrides win over the config; an override backend is validated like the config's (the
     config's own upscale backend is re-validated too); an empty `bg_remove_backends` override
-    counts as none. Values of a disabled pass are null / [] / false."""
-    planned_upscale_backend = (
-        validate_upscale_backend(upscale_backend if upscale_backend is not None else config.upscale_backend)
-        if upscale
-        else None
-    )
+    counts as none. Values of a disabled pass are null / [] / false.
+
+    An upscale backend set nowhere is resolved by installation under `app_root`
+    (`kroma.engine.passes.default_upscale_backend`: python, else ncnn, else builtin); without an
+    app root nothing can be installed, so it is `builtin`."""
+    planned_upscale_backend: str | None = None
+    if upscale:
+        if upscale_backend is not None:
+            planned_upscale_backend = validate_upscale_backend(upscale_backend)
+        elif config.upscale_backend is not None:
+            planned_upscale_backend = validate_upscale_backend(config.upscale_backend)
+        else:
+            planned_upscale_backend = _installed_upscale_backend(app_root)
     planned_color_profile = (
         (trim(color_profile) if color_profile is not None else config.color_default_profile)
         if color

@@ -21,7 +21,7 @@ def candidate_record(candidate: CandidateState) -> dict[str, Any]:
         "rank": dict(ZERO_RANK),
     }
     for step in candidate.passes:
-        record[step["pass"]] = step["record"]
+        record[step["pass"]] = step["details"]
     if candidate.checked:
         checked = candidate.checked
         record["status"] = checked["status"]

@@ -25,15 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 
 from kroma.domain import runs as ev
 from kroma.domain.aggregate import ProjectState, project_stream
 from kroma.domain.assets import AssetRecord, asset_recorded
 from kroma.domain.errors import KromaError
-from kroma.engine import files, pricing
+from kroma.engine import files, passes, pricing
 from kroma.engine.paths import display_path
 from kroma.engine.providers.base import GenerationRequest, Provider, ProviderError
-from kroma.engine.providers.select import build_provider
+from kroma.engine.providers.select import build_provider, environment, openai_base_url, openai_key
 from kroma.engine.records import candidate_record, job_record
 from kroma.engine.state import CandidateState, JobState, RunState, fold_run
 from kroma.engine.trigger import summary_stdout
@@ -43,7 +44,22 @@ from kroma.imaging import provenance, qa
 
 log = logging.getLogger("kroma.engine")
 FOLLOWED = (ev.RUN_REQUESTED, ev.RUN_CANCEL_REQUESTED)
-PASSES = ("bg_remove", "upscale", "color")
+PASSES = ("bg_remove", "upscale", "color")  # the fixed order (§5.2)
+PASS_EVENTS = {
+    "bg_remove": ev.CANDIDATE_BACKGROUND_REMOVED,
+    "upscale": ev.CANDIDATE_UPSCALED,
+    "color": ev.CANDIDATE_COLOR_CORRECTED,
+}
+PASS_KINDS = {
+    "bg_remove": "candidate_background_removed",
+    "upscale": "candidate_upscaled",
+    "color": "candidate_color_corrected",
+}
+
+
+def planned_passes(planned: dict[str, Any]) -> list[str]:
+    """The passes a job's planned post-process record switches on, in the fixed order."""
+    return [name for name in PASSES if planned.get(name)]
 
 
 class StepFailed(Exception):
@@ -76,6 +92,31 @@ class RunContext:
         self.stop = False
         self.error: BaseException | None = None
         self.last_event_id = state.requested_event_id
+        self._passes: tuple[passes.PassEnv, passes.AdapterConfig] | None = None
+        self._http: httpx.AsyncClient | None = None
+
+    async def pass_env(self, engine: RunEngine) -> tuple[passes.PassEnv, passes.AdapterConfig]:
+        """The post-process adapters' environment, built on the first pass a run needs."""
+        if self._passes is None:
+            env = await anyio.to_thread.run_sync(environment, engine.app_root, dict(os.environ))
+            self._http = httpx.AsyncClient()
+            self._passes = (
+                passes.PassEnv(
+                    app_root=engine.app_root,
+                    env=env,
+                    cpu=engine.cpu,
+                    http=self._http,
+                    openai_key=await openai_key(self.project, engine.services.vault, env),
+                    openai_base_url=openai_base_url(self.project, env),
+                    command_timeout=float(env.get("KROMA_COMMAND_TIMEOUT_SECONDS", "300") or 300),
+                ),
+                passes.adapter_config(self.state.requested.get("postprocess_config") or {}),
+            )
+        return self._passes
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
 
     def fail(self, exc: BaseException) -> None:
         if self.error is None:
@@ -214,6 +255,7 @@ class RunEngine:
             await self._execute(context)
         finally:
             await provider.aclose()
+            await context.aclose()
 
     async def _execute(self, context: RunContext) -> None:
         state = context.state
@@ -262,9 +304,11 @@ class RunEngine:
         try:
             if candidate.generated is None and not context.stop:
                 await self._generate(context, job, candidate)
-            planned = [p for p in PASSES if job.planned["planned_postprocess"].get(p)]
-            if planned and candidate.generated is not None and candidate.checked is None:
-                raise StepFailed(f"Post-process pass '{planned[0]}' is not available in this version of Kroma")
+            done = {step["pass"] for step in candidate.passes}
+            for name in planned_passes(job.planned["planned_postprocess"]):
+                if name in done or candidate.generated is None or candidate.checked is not None or context.stop:
+                    continue
+                await self._pass(context, job, candidate, name)
             if candidate.generated is not None and candidate.checked is None and not context.stop:
                 await self._check(context, job, candidate)
             if candidate.rejected is not None:
@@ -273,6 +317,89 @@ class RunEngine:
             _note_failure(context, exc)
 
     # -- steps -------------------------------------------------------------------------------
+
+    async def _pass(self, context: RunContext, job: JobState, candidate: CandidateState, name: str) -> None:
+        """One post-process pass on the candidate's current file (§5): its output, asset, and a
+        `derived_from` link to the file before."""
+        state = context.state
+        outputs = state.requested.get("postprocess_outputs") or {}
+        plan = job.planned["planned_postprocess"]
+        current = Path(candidate.current_path or "")
+        root = context.project_root
+        shown = display_path(current, self.app_root)
+        data = await anyio.Path(current).read_bytes()
+        env, cfg = await context.pass_env(self)
+        try:
+            if name == "bg_remove":
+                fmt = outputs.get("bg_remove_format") or "png"
+                out = files.derived_path(root / "background_removed", current, "nobg", f".{fmt}")
+                image, details = await passes.background_remove(
+                    env, cfg, data, input_name=current.name, input_display=shown,
+                    output_display=display_path(out, self.app_root), backends=plan["bg_remove_backends"],
+                    fmt=fmt, refine=bool(plan["bg_refine_openai"]), refine_required=bool(plan["bg_refine_openai_required"]),
+                )
+            elif name == "upscale":
+                scale, fmt = int(outputs.get("upscale_scale") or 2), outputs.get("upscale_format") or "png"
+                out = files.derived_path(root / "upscaled", current, f"x{scale}", f".{fmt}")
+                image, details = await passes.upscale(
+                    env, cfg, data, input_display=shown, output_display=display_path(out, self.app_root),
+                    backend=plan["upscale_backend"], scale=scale, fmt=fmt,
+                )
+            else:
+                profile = outputs.get("color_profile") or plan.get("color_profile") or "neutral"
+                out = files.derived_path(root / "color_corrected", current, profile, ".png")
+                image, details = await passes.color(
+                    env, cfg, data, input_display=shown, output_display=display_path(out, self.app_root), profile=profile
+                )
+        except passes.PassError as exc:
+            raise StepFailed(exc.message) from None
+        fields = {"run_id": state.run_id, "job_id": job.job_id, "candidate_id": candidate.candidate_id or "",
+                  "pass": name, "derived_from": shown}
+
+        def write() -> dict[str, Any]:
+            stored = provenance.with_provenance(image, fields) if out.suffix.lower() == ".png" else image
+            files.write_new(out, stored, root)
+            return provenance.describe(stored)
+
+        described = await anyio.to_thread.run_sync(write, limiter=self.cpu)
+        asset_id = self.clock.new_id()
+        parent = candidate.current_asset_id
+        step = {
+            "run_id": state.run_id,
+            "project_id": state.project_id,
+            "job_id": job.job_id,
+            "candidate_id": candidate.candidate_id,
+            "candidate_index": candidate.index,
+            "pass": name,
+            "input": shown,
+            "output": display_path(out, self.app_root),
+            "output_abs": str(out),
+            "asset_id": asset_id,
+            "details": details,
+            **described,
+        }
+        candidate.passes.append(step)
+        step["record"] = candidate_record(candidate)
+        meta = self._meta(state, candidate.last_event_id)
+        kind = PASS_KINDS[name]
+        events = [
+            NewEvent(ev.run_stream(state.run_id), PASS_EVENTS[name], step, meta),
+            asset_recorded(_asset(asset_id, state, job, candidate.candidate_id, kind, step["output"], described), meta),
+        ]
+        if parent:
+            link = {
+                "project_id": state.project_id,
+                "link_id": self.clock.new_id(),
+                "parent_asset_id": parent,
+                "child_asset_id": asset_id,
+                "link_type": "derived_from",
+            }
+            events.append(NewEvent(project_stream(state.project_id), "asset_link.created", link, meta))
+        key = f"run:{state.run_id}/job:{job.planned['job_key']}/candidate:{candidate.index}/{name}"
+        appended = await self._append(events, key)
+        candidate.last_event_id = appended.event_ids[0]
+        if appended.replayed:
+            await self._adopt(context, job, candidate)
 
     async def _generate(self, context: RunContext, job: JobState, candidate: CandidateState) -> None:
         state, planned = context.state, job.planned

@@ -32,9 +32,10 @@ from typing import Any, Literal
 import msgspec
 
 # The upscale backends every layer accepts (settings §1.2, postprocess config §5.1, planned record
-# §5.2). One tuple for all of them: widening the set (e.g. with "builtin") is a change of this line,
-# and the "Expected ncnn|python." messages follow it.
-UPSCALE_BACKENDS: tuple[str, ...] = ("ncnn", "python")
+# §5.2). One tuple for all of them: the "Expected ncnn|python|builtin." messages follow it.
+# `builtin` is Kroma's own in-process upscaler (no external tool), the default when no Real-ESRGAN
+# backend is installed (`kroma.engine.passes.default_upscale_backend`).
+UPSCALE_BACKENDS: tuple[str, ...] = ("ncnn", "python", "builtin")
 
 APP_SETTINGS_TOML = "config/pipeline.settings.toml"
 APP_SETTINGS_JSON = "config/pipeline.settings.json"  # "back-compat during migration"

@@ -106,6 +106,8 @@ def requested_events(
         storage=plan.storage,
         jobs=len(plan.jobs),
         world=plan.world,
+        postprocess_outputs=plan.postprocess_outputs,
+        postprocess_config=plan.postprocess_config,
     )
     events = [ev.run_requested(requested, meta)]
     for index, job in enumerate(plan.jobs, start=1):

@@ -12,6 +12,8 @@ from typing import Any
 from kroma.domain import runs as ev
 from kroma.events.envelope import Event
 
+CANDIDATE_STEPS = (ev.CANDIDATE_GENERATED, *ev.POST_PASSES, ev.CANDIDATE_CHECKED, ev.CANDIDATE_REJECTED)
+
 
 def document(events: list[Event]) -> dict[str, Any]:
     """The run log of the run whose stream is `events` (KeyError when it has no `run.requested`)."""
@@ -23,7 +25,7 @@ def document(events: list[Event]) -> dict[str, Any]:
         d = event.data
         if event.type == ev.JOB_PLANNED:
             jobs[d["job_id"]] = ev.planned_job_record(d)
-        elif event.type in (ev.CANDIDATE_GENERATED, ev.CANDIDATE_CHECKED, ev.CANDIDATE_REJECTED) and "record" in d:
+        elif event.type in CANDIDATE_STEPS and "record" in d:
             candidates.setdefault(d["job_id"], {})[d["candidate_index"]] = d["record"]
         elif event.type in (ev.JOB_WINNER_SELECTED, ev.JOB_FAILED) and "record" in d:
             jobs[d["job_id"]] = d["record"]

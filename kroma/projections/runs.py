@@ -344,6 +344,7 @@ ENGINE_EVENTS = {
     ev.CANDIDATE_GENERATED: _candidate_generated,
     ev.CANDIDATE_CHECKED: _candidate_checked,
     ev.CANDIDATE_REJECTED: _candidate_record,
+    **dict.fromkeys(ev.POST_PASSES, _candidate_record),
     ev.JOB_WINNER_SELECTED: _job_outcome,
     ev.JOB_FAILED: _job_outcome,
     ev.RUN_CANCEL_REQUESTED: _cancel_requested,

@@ -54,6 +54,13 @@ class Server:
                 time.sleep(0.05)
         raise RuntimeError("server did not start")
 
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to shut down (a crash)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()

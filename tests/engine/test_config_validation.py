@@ -199,7 +199,7 @@ def test_invalid_postprocess_config_is_wrapped_with_its_absolute_path(roots: tup
     write(app_root / "config" / "post.json", {"bg_remove": {"backends": ["bria"]}})
     assert failure(app_root, project_root) == (
         f"postprocess config validation failed ({app_root}/config/post.json): "
-        "invalid background-remove backend 'bria'. Expected rembg|photoroom|removebg."
+        "invalid background-remove backend 'bria'. Expected rembg|photoroom|removebg|builtin."
     )
 
 

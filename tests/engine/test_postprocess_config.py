@@ -50,11 +50,11 @@ def invalid(name: str) -> str:
 
 
 def bad_upscale(value: str) -> str:
-    return f"invalid upscale backend '{value}'. Expected ncnn|python."
+    return f"invalid upscale backend '{value}'. Expected ncnn|python|builtin."
 
 
 def bad_bg(value: str) -> str:
-    return f"invalid background-remove backend '{value}'. Expected rembg|photoroom|removebg."
+    return f"invalid background-remove backend '{value}'. Expected rembg|photoroom|removebg|builtin."
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -62,11 +62,11 @@ def bad_bg(value: str) -> str:
 
 def test_planning_defaults_match_the_spec() -> None:
     config = PostprocessConfig()
-    assert config.upscale_backend == "python"
+    assert config.upscale_backend is None  # resolved by installation when planning
     assert config.upscale_scale == 2
     assert config.upscale_format == "png"
     assert config.color_default_profile == "neutral"
-    assert config.bg_remove_backends == ("rembg",)
+    assert config.bg_remove_backends == ("rembg", "builtin")  # works with no key and no network
     assert config.bg_remove_format == "png"
     assert config.bg_refine_openai_enabled is True
     assert config.bg_refine_openai_required is True
@@ -75,14 +75,21 @@ def test_planning_defaults_match_the_spec() -> None:
 
 
 def test_allowed_backend_tuples() -> None:
-    assert UPSCALE_BACKENDS == ("ncnn", "python")
+    assert UPSCALE_BACKENDS == ("ncnn", "python", "builtin")
     assert UPSCALE_BACKENDS is settings_layer.UPSCALE_BACKENDS  # one tuple for every layer
-    assert BG_REMOVE_BACKENDS == ("rembg", "photoroom", "removebg")
+    assert BG_REMOVE_BACKENDS == ("rembg", "photoroom", "removebg", "builtin")
 
 
-def test_example_config_parses_to_the_defaults_and_keeps_the_raw_document() -> None:
+def test_builtin_is_an_accepted_backend_name_for_both_passes() -> None:
+    config = parse_postprocess_config({"upscale": {"backend": " BuiltIn "}, "bg_remove": {"backends": ["builtin"]}})
+    assert config.upscale_backend == "builtin"
+    assert config.bg_remove_backends == ("builtin",)
+
+
+def test_example_config_parses_and_keeps_the_raw_document() -> None:
     config = parse_postprocess_config(EXAMPLE)
-    assert config == PostprocessConfig(raw=EXAMPLE)
+    # The example names its backends explicitly; everything else is the default.
+    assert config == PostprocessConfig(raw=EXAMPLE, upscale_backend="python", bg_remove_backends=("rembg",))
     assert config.raw["upscale"]["python"]["tile_pad"] == 10
 
 
@@ -302,11 +309,11 @@ def test_all_passes_on_use_the_config_and_the_fixed_order() -> None:
     record = planned_record(upscale=True, color=True, bg_remove=True, config=PostprocessConfig())
     assert record == {
         "upscale": True,
-        "upscale_backend": "python",
+        "upscale_backend": "builtin",  # no app root: nothing installed
         "color": True,
         "color_profile": "neutral",
         "bg_remove": True,
-        "bg_remove_backends": ["rembg"],
+        "bg_remove_backends": ["rembg", "builtin"],
         "bg_refine_openai": True,
         "bg_refine_openai_required": True,
         "pipeline_order": ["generate", "bg_remove", "bg_refine_openai", "upscale", "color"],
@@ -408,3 +415,39 @@ def test_config_upscale_backend_is_revalidated() -> None:
     with pytest.raises(PostprocessConfigError) as caught:
         planned_record(upscale=True, color=False, bg_remove=False, config=config)
     assert caught.value.message == bad_upscale("vulkan")
+
+
+PYTHON_SCRIPT = "tools/realesrgan-python/src/Real-ESRGAN/inference_realesrgan.py"
+NCNN_BINARY = "tools/realesrgan/realesrgan-ncnn-vulkan"
+
+
+def install(app_root: Path, *relative: str) -> None:
+    for item in relative:
+        (app_root / item).parent.mkdir(parents=True, exist_ok=True)
+        (app_root / item).write_text("", encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("installed", "backend"),
+    [((), "builtin"), ((NCNN_BINARY,), "ncnn"), ((PYTHON_SCRIPT,), "python"), ((NCNN_BINARY, PYTHON_SCRIPT), "python")],
+)
+def test_unset_upscale_backend_resolves_by_installation_under_the_app_root(
+    tmp_path: Path, installed: tuple[str, ...], backend: str
+) -> None:
+    install(tmp_path, *installed)
+    record = planned_record(upscale=True, color=False, bg_remove=False, config=PostprocessConfig(), app_root=tmp_path)
+    assert record["upscale_backend"] == backend
+
+
+def test_configured_or_overridden_upscale_backend_wins_over_installation(tmp_path: Path) -> None:
+    install(tmp_path, PYTHON_SCRIPT)
+    config = PostprocessConfig(upscale_backend="ncnn")
+    assert planned_record(upscale=True, color=False, bg_remove=False, config=config, app_root=tmp_path)[
+        "upscale_backend"
+    ] == "ncnn"
+    assert planned_record(
+        upscale=True, color=False, bg_remove=False, config=config, app_root=tmp_path, upscale_backend="builtin"
+    )["upscale_backend"] == "builtin"
+    assert planned_record(upscale=False, color=False, bg_remove=False, config=PostprocessConfig(), app_root=tmp_path)[
+        "upscale_backend"
+    ] is None

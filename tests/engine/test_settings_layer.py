@@ -120,7 +120,7 @@ def test_non_object_pipeline_value_is_rejected_as_root(value: Any) -> None:
         ({"postprocess": {"upscale_backend": 5}}, "postprocess.upscale_backend"),
         ({"postprocess": {"upscale_backend": "  "}}, "postprocess.upscale_backend"),
         ({"postprocess": {"upscale_backend": "vulkan"}}, "postprocess.upscale_backend"),
-        ({"postprocess": {"upscale_backend": "builtin"}}, "postprocess.upscale_backend"),
+        ({"postprocess": {"upscale_backend": "lanczos"}}, "postprocess.upscale_backend"),
         ({"postprocess": {"color": "yes"}}, "postprocess.color"),
         ({"postprocess": {"color_profile": 5}}, "postprocess.color_profile"),
         ({"postprocess": {"color_profile": " "}}, "postprocess.color_profile"),
@@ -159,6 +159,10 @@ def test_strings_are_trimmed_and_backend_is_lower_cased() -> None:
     assert overlay.postprocess_config_path == "config/p.json"
     assert overlay.upscale_backend == "python"
     assert overlay.color_profile == "Studio"  # any name accepted, case kept
+
+
+def test_builtin_is_an_accepted_upscale_backend() -> None:
+    assert parse_overlay({"postprocess": {"upscale_backend": " BUILTIN "}}).upscale_backend == "builtin"
 
 
 def test_bg_remove_backend_names_are_trimmed_but_not_validated_or_lower_cased() -> None:

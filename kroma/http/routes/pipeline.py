@@ -21,6 +21,7 @@ from kroma.engine.state import RunState, fold_run
 from kroma.events.envelope import Event, Metadata, NewEvent
 from kroma.http import responses
 from kroma.http.deps import ServicesDep, project_row, project_state
+from kroma.http.params import strict_body
 from kroma.projections import projects as project_read
 from kroma.projections import run_log
 from kroma.projections import runs as runs_read
@@ -46,8 +47,9 @@ def ensure_writable(services: Services, project_root: Path, code: str = "plannin
 
 @post("/{slug:str}/runs/validate-config")
 async def validate_config(
-    slug: FromPath[str], data: JSONBody[rr.ValidateConfigBody], services: ServicesDep
+    slug: FromPath[str], data: JSONBody[rr.ValidateConfigBody], services: ServicesDep, request: Request
 ) -> Response[bytes]:
+    data = await strict_body(request, rr.ValidateConfigBody)
     row = await project_row(services, slug)  # the project comes first here (§2.6)
     if (data.project_root or "").strip():
         raise ValidationError(rr.PROJECT_ROOT_MANAGED, code="project_root_managed")
@@ -79,6 +81,7 @@ async def trigger_run(
 ) -> Response[bytes]:
     """A dry run answers once planned; a paid run once it has ended (the reference's behaviour),
     or at once with 202 when the request says `Prefer: respond-async`."""
+    data = await strict_body(request, rr.TriggerBody)  # `JSONBody` coerces "2" to 2: decode strictly
     run_request = rr.validate_trigger(data)  # every parameter check precedes the lookup (§2.3)
     row = await project_row(services, slug)
     try:

@@ -94,14 +94,19 @@ async def _file_parts(request: Request, limit: int) -> list[tuple[str, bytes]]:
     form: dict[str, Any] = await parse_multipart_form(
         stream=once(), boundary=options["boundary"].encode(), multipart_form_part_limit=1000
     )
-    parts = form.get("file")
-    parts = parts if isinstance(parts, list) else [] if parts is None else [parts]
     files = []
-    for part in parts:
-        if not isinstance(part, UploadFile):
-            raise ValidationError("Field 'file' must be a file")
-        files.append((part.filename or "upload", await part.read()))
-        await part.close()
+    try:
+        parts = form.get("file")
+        parts = parts if isinstance(parts, list) else [] if parts is None else [parts]
+        for part in parts:
+            if not isinstance(part, UploadFile):
+                raise ValidationError("Field 'file' must be a file")
+            files.append((part.filename or "upload", await part.read()))
+    finally:  # every file part, named `file` or not, holds a spooled temporary file
+        for value in form.values():
+            for part in value if isinstance(value, list) else [value]:
+                if isinstance(part, UploadFile):
+                    await part.close()
     if not files:
         raise ValidationError("Field 'file' is required")
     return files
