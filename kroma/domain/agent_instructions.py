@@ -260,3 +260,160 @@ def decide_cancel(
         moved=CANCELED,
         repeated=CANCEL_REPEATED,
     )
+
+
+# -- dispatch decisions (the worker's; pure: `now` comes from the caller's clock) -----------------
+
+
+@dataclass(frozen=True)
+class DispatchPolicy:
+    """The worker settings that decisions depend on (pipeline spec §7.2)."""
+
+    lease_seconds: float = 120.0
+    default_max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    retry_backoff_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class DispatchOutcome:
+    """What one dispatch achieved: a 2xx (`response` is the parsed body, `{}` when it was not
+    JSON) or a failure with its error text."""
+
+    ok: bool
+    http_status: int | None = None
+    response: Any = None
+    error: str = ""
+
+
+def seconds_text(moment: datetime) -> str:
+    """The reference's `YYYY-MM-DDTHH:MM:SSZ`, rounded up to the next whole second (never early)."""
+    whole = moment.replace(microsecond=0)
+    if whole < moment:
+        whole += timedelta(seconds=1)
+    return whole.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def map_remote_status(response: Any) -> str:
+    """`map_remote_status` on the response's `status` (default `done`; trimmed, case-insensitive):
+    done, failed, running; accepted and queued are done; anything else is failed."""
+    raw = response.get("status") if isinstance(response, dict) else None
+    text = raw if isinstance(raw, str) else "done"
+    return REMOTE_STATUSES.get(text.strip().lower(), "failed")
+
+
+def lease_expired(state: InstructionState, now: datetime) -> bool:
+    return state.lease is not None and parse_time(state.lease.expires_at) <= now
+
+
+def is_due(state: InstructionState, now: datetime) -> bool:
+    """Reservable now: confirmed, its retry time reached, and no live lease on it."""
+    if state.status != "confirmed":
+        return False
+    if state.next_attempt_at is not None and parse_time(state.next_attempt_at) > now:
+        return False
+    return state.lease is None or lease_expired(state, now)
+
+
+def _base(state: InstructionState, worker_id: str) -> dict[str, Any]:
+    return {"project_id": state.project_id, "instruction_id": state.id, "worker_id": worker_id}
+
+
+def decide_take(
+    state: InstructionState | None,
+    now: datetime,
+    worker_id: str,
+    lease_id: str,
+    entry_id: str,
+    policy: DispatchPolicy,
+    meta: Metadata,
+) -> NewEvent | None:
+    """What a worker looking at this instruction records: `reserved` when it is due; for a
+    `running` instruction whose lease expired, that lost attempt's failure (`lease_expired`);
+    else nothing. A canceled instruction is never reserved."""
+    if state is None:
+        return None
+    if state.status == "running" and state.lease is not None and lease_expired(state, now):
+        lost = DispatchOutcome(ok=False, error=LEASE_EXPIRED)
+        return decide_outcome(state, state.lease, lost, now, worker_id, entry_id, policy, meta)
+    if not is_due(state, now):
+        return None
+    attempt = state.attempts + 1
+    data = {
+        **_base(state, worker_id),
+        "status": "running",
+        "lease_id": lease_id,
+        "attempt": attempt,
+        "max_attempts": max(state.max_attempts, policy.default_max_attempts, 1),
+        "lease_expires_at": iso_micro(now + timedelta(seconds=policy.lease_seconds)),
+    }
+    return NewEvent(instruction_stream(state.id), RESERVED, data, meta)
+
+
+def failure_message(error: str, attempts: int, max_attempts: int, next_attempt_at: str | None) -> str:
+    return (
+        f"error={error}, attempts={attempts}, max_attempts={max_attempts},"
+        f" next_attempt_at={next_attempt_at or 'none'}"
+    )
+
+
+def decide_outcome(
+    state: InstructionState,
+    lease: Lease,
+    outcome: DispatchOutcome,
+    now: datetime,
+    worker_id: str,
+    entry_id: str,
+    policy: DispatchPolicy,
+    meta: Metadata,
+) -> NewEvent:
+    """Record the outcome of the dispatch made under `lease`. While that lease is the running one
+    the status moves (result mapping, retry with linear backoff, or failed); otherwise (canceled,
+    confirmed again or taken over meanwhile) the outcome is recorded and the status kept."""
+    current = state.status == "running" and state.lease is not None and state.lease.lease_id == lease.lease_id
+    attempts = max(state.attempts, lease.attempt)
+    record = {
+        **_base(state, worker_id),
+        "entry_id": entry_id,
+        "lease_id": lease.lease_id,
+        "attempts": attempts,
+        "max_attempts": state.max_attempts,
+        "superseded": not current,
+    }
+    stream = instruction_stream(state.id)
+    if outcome.ok:
+        remote = map_remote_status(outcome.response)
+        record |= {
+            "status": RESULT_STATUSES[remote] if current else state.status,
+            "next_attempt_at": None if current else state.next_attempt_at,
+            "last_error": None if current else state.last_error,
+            "remote_status": remote,
+            "http_status": outcome.http_status,
+            "response": outcome.response,
+            "message": f"remote_status={remote}, attempts={attempts}, http_status={outcome.http_status}",
+        }
+        return NewEvent(stream, DISPATCHED, record, meta)
+    error = outcome.error or DISPATCH_FAILED_TEXT
+    if current and attempts < state.max_attempts:
+        delay = max(policy.retry_backoff_seconds, 1.0) * attempts
+        next_at = seconds_text(now + timedelta(seconds=delay))
+        record |= {"status": "confirmed", "next_attempt_at": next_at, "last_error": error, "error": error}
+        record["message"] = failure_message(error, attempts, state.max_attempts, next_at)
+        return NewEvent(stream, RETRY_SCHEDULED, record, meta)
+    record |= {
+        "status": "failed" if current else state.status,
+        "next_attempt_at": None if current else state.next_attempt_at,
+        "last_error": error,
+        "error": error,
+        "message": failure_message(error, attempts, state.max_attempts, None),
+    }
+    return NewEvent(stream, DISPATCH_FAILED, record, meta)
+
+
+def lease_seconds_for(max_locked_seconds: float, worst_dispatch_seconds: float, margin: float) -> float:
+    """The lease a worker takes: its `max_locked_seconds`, but never shorter than its longest
+    possible dispatch plus a margin, so a live worker's lease never expires under it."""
+    return max(float(max_locked_seconds), math.ceil(worst_dispatch_seconds + margin))

@@ -61,12 +61,13 @@ def archive(path: Path, project_root: Path, folder: str, tag: str) -> Path:
     return target
 
 
-def write_new(path: Path, data: bytes, project_root: Path) -> None:
-    """Write an output file; one already there is first moved to `archive/replaced/` (never lost).
-    Written to a temporary name and renamed, so a reader never sees half a file."""
+def write_new(path: Path, data: bytes, project_root: Path) -> Path | None:
+    """Write an output file; one already there is first moved to `archive/replaced/` (never lost)
+    and its new path returned. Written to a temporary name and renamed, so a reader never sees
+    half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        archive(path, project_root, ARCHIVE_REPLACED, "replaced")
+    moved = archive(path, project_root, ARCHIVE_REPLACED, "replaced") if path.exists() else None
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+    return moved

@@ -271,7 +271,7 @@ class RunEngine:
                 f"run:{state.run_id}/started",
             )
             state.started = started
-            context.last_event_id = result.event_ids[0]
+            state.started_event_id = context.last_event_id = result.event_ids[0]
         jobs = anyio.Semaphore(self.jobs_in_flight)
         async with anyio.create_task_group() as tg:
             for job in state.ordered_jobs():
@@ -356,12 +356,12 @@ class RunEngine:
         fields = {"run_id": state.run_id, "job_id": job.job_id, "candidate_id": candidate.candidate_id or "",
                   "pass": name, "derived_from": shown}
 
-        def write() -> dict[str, Any]:
+        def write() -> tuple[dict[str, Any], Path | None]:
             stored = provenance.with_provenance(image, fields) if out.suffix.lower() == ".png" else image
-            files.write_new(out, stored, root)
-            return provenance.describe(stored)
+            moved = files.write_new(out, stored, root)
+            return provenance.describe(stored), moved
 
-        described = await anyio.to_thread.run_sync(write, limiter=self.cpu)
+        described, replaced = await anyio.to_thread.run_sync(write, limiter=self.cpu)
         asset_id = self.clock.new_id()
         parent = candidate.current_asset_id
         step = {
@@ -395,6 +395,7 @@ class RunEngine:
                 "link_type": "derived_from",
             }
             events.append(NewEvent(project_stream(state.project_id), "asset_link.created", link, meta))
+        events += await self._relocated(state, out, replaced, meta)
         key = f"run:{state.run_id}/job:{job.planned['job_key']}/candidate:{candidate.index}/{name}"
         appended = await self._append(events, key)
         candidate.last_event_id = appended.event_ids[0]
@@ -407,6 +408,8 @@ class RunEngine:
         seed = candidate_seed(state.run_id, planned["job_key"], candidate.index)
         request = GenerationRequest(prompt=planned["prompt"], input_images=tuple(planned["input_paths"]), seed=seed)
         async with self.provider_calls:
+            if context.stop:  # a cancel or failure landed while this call waited for its turn
+                return
             try:
                 result = await context.provider.generate(request)
             except ProviderError as exc:
@@ -429,12 +432,12 @@ class RunEngine:
             "parameters": _json(result.parameters),
         }
 
-        def write() -> dict[str, Any]:
+        def write() -> tuple[dict[str, Any], Path | None]:
             png = provenance.with_provenance(result.image, fields)
-            files.write_new(output, png, context.project_root)
-            return provenance.describe(png)
+            moved = files.write_new(output, png, context.project_root)
+            return provenance.describe(png), moved
 
-        described = await anyio.to_thread.run_sync(write, limiter=self.cpu)
+        described, replaced = await anyio.to_thread.run_sync(write, limiter=self.cpu)
         shown = display_path(output, self.app_root)
         cost = pricing.price(self.prices, result.provider, result.model, result.size, result.quality)
         data = {
@@ -460,7 +463,7 @@ class RunEngine:
         }
         candidate.candidate_id = candidate_id
         candidate.generated = data
-        meta = self._meta(state, context.last_event_id)  # caused by run.started
+        meta = self._meta(state, state.started_event_id)  # caused by run.started
         data["record"] = candidate_record(candidate)
         events = [
             NewEvent(ev.run_stream(state.run_id), ev.CANDIDATE_GENERATED, data, meta),
@@ -490,6 +493,7 @@ class RunEngine:
                 meta,
             ),
         ]
+        events += await self._relocated(state, output, replaced, meta)
         key = f"run:{state.run_id}/job:{planned['job_key']}/candidate:{candidate.index}/generated"
         appended = await self._append(events, key)
         candidate.last_event_id = appended.event_ids[0]
@@ -617,6 +621,20 @@ class RunEngine:
         appended = await self._append(events, f"run:{state.run_id}/job:{job.planned['job_key']}/outcome")
         context.last_event_id = appended.event_ids[0]
 
+    async def _relocated(self, state: RunState, old: Path, moved: Path | None, meta: Metadata) -> list[NewEvent]:
+        """The asset rows of a file that `write_new` moved to `archive/replaced/`, re-recorded at
+        their file's new path (so an asset never names bytes it did not record)."""
+        if moved is None:
+            return []
+        await self.services.settle(await self.store.head())
+        shown = display_path(old, self.app_root)
+        rows = await self.services.reader.all(
+            "SELECT * FROM assets WHERE project_id = ? AND (rel_path = ? OR storage_uri = ?)",
+            (state.project_id, shown, shown),
+        )
+        new = display_path(moved, self.app_root)
+        return [asset_recorded(_moved_asset(row, new), meta) for row in rows]
+
     async def _adopt(self, context: RunContext, job: JobState, candidate: CandidateState) -> None:
         latest = await self._load(context.state.run_id)
         if latest is not None and job.job_id in latest.jobs:
@@ -730,6 +748,19 @@ def _asset(
         candidate_id=candidate_id,
         metadata_json={"path_exists": True, **(extra or {})},
     )
+
+
+def _moved_asset(row: dict[str, Any], shown: str) -> AssetRecord:
+    """An asset row (read model) as a record at a new path, everything else kept."""
+    import msgspec
+
+    values = {name: row.get(name) for name in AssetRecord.__struct_fields__ if name in row}
+    for name in ("metadata_json", "meta_json"):
+        text = values.get(name)
+        if isinstance(text, str):
+            values[name] = msgspec.json.decode(text)
+    values.update(rel_path=shown, storage_uri=shown)
+    return msgspec.convert({k: v for k, v in values.items() if v is not None}, AssetRecord)
 
 
 def _bad_target(path: Path, project_root: Path) -> Path:

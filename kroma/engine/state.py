@@ -58,6 +58,7 @@ class RunState:
     requested_event_id: str
     jobs: dict[str, JobState] = field(default_factory=dict)
     started: dict[str, Any] | None = None
+    started_event_id: str | None = None
     cancel_requested: dict[str, Any] | None = None
     cancel_event_id: str | None = None
     ended: Event | None = None
@@ -106,7 +107,7 @@ def fold_run(events: list[Event]) -> RunState | None:
         if event.type == ev.JOB_PLANNED:
             state.jobs[d["job_id"]] = JobState(planned=d)
         elif event.type == ev.RUN_STARTED:
-            state.started = d
+            state.started, state.started_event_id = d, event.event_id
         elif event.type == ev.RUN_CANCEL_REQUESTED:
             state.cancel_requested = d
             state.cancel_event_id = event.event_id

@@ -271,10 +271,16 @@ def apply_profile_array(rgb: np.ndarray, profile: dict[str, float]) -> np.ndarra
     The steps that map each 8-bit value on its own (autocontrast, brightness, contrast, and after
     the sharpening, gamma and the multipliers) run as per-channel lookup tables, each table built
     with the step's float32 formula and rounding, which gives the same bytes as applying the
-    formula to every pixel."""
+    formula to every pixel. Overflows and NaNs (a huge or infinite parameter) follow IEEE 754
+    quietly and end as 0, as in HEAD."""
     out = np.ascontiguousarray(rgb, dtype=np.uint8)
     if out.ndim != 3 or out.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 array, got shape {rgb.shape}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _apply_steps(out, profile)
+
+
+def _apply_steps(out: np.ndarray, profile: dict[str, float]) -> np.ndarray:
     tables = (
         _autocontrast_tables(out) if _param(profile, "autocontrast_cutoff") > 0 else np.tile(_LEVELS, (3, 1))
     )
