@@ -29,7 +29,7 @@ def _settings(data_dir: str | None, **extra: Any) -> Settings:
 def _with_services(settings: Settings, fn: Callable[[Services], Awaitable[T]], follow: bool = False) -> T:
     async def main() -> T:
         services = Services(settings)
-        await services.open(follow=follow)
+        await services.open(follow=follow, dispatch=False)  # only serve and worker dispatch
         try:
             return await fn(services)
         finally:
@@ -85,6 +85,80 @@ def serve(data_dir: str | None, bind: str | None, demo: bool) -> None:
 
     server.handle_exit = stop  # type: ignore[method-assign]
     server.run()
+
+
+# -- worker ----------------------------------------------------------------------------------------
+
+
+def _positive(kind: type) -> click.ParamType:
+    return click.FloatRange(min=0) if kind is float else click.IntRange(min=0)
+
+
+@main.command()
+@data_dir_option
+@click.option("--worker-id", default=None, help="This worker's name in the log (default worker-<hex>).")
+@click.option("--once", is_flag=True, help="Process at most one instruction, then exit.")
+@click.option("--poll-interval-seconds", type=_positive(float), default=None, help="Default 2.0.")
+@click.option("--max-locked-seconds", type=_positive(float), default=None, help="The lease; default 120.")
+@click.option("--default-max-attempts", type=_positive(int), default=None, help="Default 3.")
+@click.option("--retry-backoff-seconds", type=_positive(float), default=None, help="Default 10.")
+@click.option("--dispatch-timeout", type=_positive(float), default=None, help="Per try; default 20.0.")
+@click.option("--dispatch-retries", type=_positive(int), default=None, help="Extra tries; default 2.")
+@click.option("--dispatch-backoff-seconds", type=_positive(float), default=None, help="Default 1.5.")
+@click.option("--agent-api-url", default=None, help="Env KROMA_AGENT_API_URL or IAT_AGENT_API_URL.")
+@click.option(
+    "--agent-api-token", default=None, help="Env KROMA_AGENT_API_TOKEN or IAT_AGENT_API_TOKEN (prefer env)."
+)
+def worker(
+    data_dir: str | None,
+    worker_id: str | None,
+    once: bool,
+    poll_interval_seconds: float | None,
+    max_locked_seconds: float | None,
+    default_max_attempts: int | None,
+    retry_backoff_seconds: float | None,
+    dispatch_timeout: float | None,
+    dispatch_retries: int | None,
+    dispatch_backoff_seconds: float | None,
+    agent_api_url: str | None,
+    agent_api_token: str | None,
+) -> None:
+    """Deliver confirmed agent instructions to the agent API (beside or instead of `kroma serve`'s
+    own dispatcher); prints {"ok", "worker_id", "processed"} when it stops (Ctrl-C, SIGTERM)."""
+    import logging
+    import signal
+
+    from kroma.agents import Dispatcher, DispatchOptions
+
+    if worker_id is not None and not worker_id.strip():
+        raise click.UsageError("--worker-id must not be empty")
+    settings = _settings(
+        data_dir,
+        run_engine=False,
+        agent_dispatch=False,
+        agent_poll_interval_seconds=poll_interval_seconds,
+        agent_max_locked_seconds=max_locked_seconds,
+        agent_default_max_attempts=default_max_attempts,
+        agent_retry_backoff_seconds=retry_backoff_seconds,
+        agent_dispatch_timeout_seconds=dispatch_timeout,
+        agent_dispatch_retries=dispatch_retries,
+        agent_dispatch_backoff_seconds=dispatch_backoff_seconds,
+        agent_api_url=agent_api_url,
+        agent_api_token=agent_api_token,
+    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    options = DispatchOptions.from_settings(settings, worker_id)
+
+    async def work(services: Services) -> int:
+        dispatcher = Dispatcher(services, options)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
+                loop.add_signal_handler(sig, dispatcher.stop)
+        return await dispatcher.run(once=once)
+
+    processed = _with_services(settings, work, follow=True)
+    click.echo(msgspec.json.encode({"ok": True, "worker_id": options.worker_id, "processed": processed}).decode())
 
 
 # -- events ----------------------------------------------------------------------------------------

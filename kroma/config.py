@@ -23,6 +23,17 @@ class Settings(msgspec.Struct, kw_only=True):
     run_provider_calls: int = 4  # provider calls in flight, across all runs
     run_cpu_workers: int = 0  # image work (render, QA) in worker threads; 0 = one per CPU
     run_jobs_in_flight: int = 4  # jobs of one run worked at once
+    agent_dispatch: bool = True  # deliver confirmed agent instructions inside this process (kroma serve)
+    agent_api_url: str = ""  # else the project's secret agent_api/url
+    agent_api_token: str = ""  # else the project's secret agent_api/token
+    agent_worker_id: str = ""  # "" = worker-<hex>
+    agent_poll_interval_seconds: float = 2.0
+    agent_max_locked_seconds: float = 120.0  # the lease
+    agent_default_max_attempts: int = 3
+    agent_retry_backoff_seconds: float = 10.0
+    agent_dispatch_timeout_seconds: float = 20.0
+    agent_dispatch_retries: int = 2
+    agent_dispatch_backoff_seconds: float = 1.5
     auth_dev_bypass: bool = False
     auth_bootstrap_first_token: bool = True
     log_level: str = "info"
@@ -75,6 +86,22 @@ _SOURCES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("run_provider_calls", ("KROMA_RUN_PROVIDER_CALLS",), "runs", "provider_calls"),
     ("run_cpu_workers", ("KROMA_RUN_CPU_WORKERS",), "runs", "cpu_workers"),
     ("run_jobs_in_flight", ("KROMA_RUN_JOBS_IN_FLIGHT",), "runs", "jobs_in_flight"),
+    ("agent_dispatch", ("KROMA_AGENT_DISPATCH",), "agent", "dispatch"),
+    ("agent_api_url", ("KROMA_AGENT_API_URL", "IAT_AGENT_API_URL"), "agent", "api_url"),
+    ("agent_api_token", ("KROMA_AGENT_API_TOKEN", "IAT_AGENT_API_TOKEN"), "agent", "api_token"),
+    ("agent_worker_id", ("KROMA_AGENT_WORKER_ID",), "agent", "worker_id"),
+    ("agent_poll_interval_seconds", ("KROMA_AGENT_POLL_INTERVAL_SECONDS",), "agent", "poll_interval_seconds"),
+    ("agent_max_locked_seconds", ("KROMA_AGENT_MAX_LOCKED_SECONDS",), "agent", "max_locked_seconds"),
+    ("agent_default_max_attempts", ("KROMA_AGENT_DEFAULT_MAX_ATTEMPTS",), "agent", "default_max_attempts"),
+    ("agent_retry_backoff_seconds", ("KROMA_AGENT_RETRY_BACKOFF_SECONDS",), "agent", "retry_backoff_seconds"),
+    ("agent_dispatch_timeout_seconds", ("KROMA_AGENT_DISPATCH_TIMEOUT",), "agent", "dispatch_timeout"),
+    ("agent_dispatch_retries", ("KROMA_AGENT_DISPATCH_RETRIES",), "agent", "dispatch_retries"),
+    (
+        "agent_dispatch_backoff_seconds",
+        ("KROMA_AGENT_DISPATCH_BACKOFF_SECONDS",),
+        "agent",
+        "dispatch_backoff_seconds",
+    ),
     ("bind", ("KROMA_BIND", "KROMA_BACKEND_BIND"), "server", "bind"),
     ("auth_dev_bypass", ("KROMA_API_AUTH_DEV_BYPASS",), "auth", "dev_bypass"),
     (

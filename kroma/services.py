@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kroma.agents.dispatcher import Dispatcher
 from kroma.auth import TokenUsage
 from kroma.clock import Clock
 from kroma.config import Settings
@@ -32,9 +33,11 @@ class Services:
         from kroma.engine.runner import RunEngine  # the engine imports the services' parts
 
         self.engine = RunEngine(self)
+        self.dispatcher = Dispatcher(self)  # agent instructions (pipeline spec §7)
 
-    async def open(self, follow: bool = True) -> None:
-        """Open the store and read models; with `follow`, catch up and keep projecting."""
+    async def open(self, follow: bool = True, dispatch: bool | None = None) -> None:
+        """Open the store and read models; with `follow`, catch up and keep projecting (and run the
+        engine and, unless `dispatch` is False, the agent dispatcher as the settings say)."""
         self.settings.ensure_data_dir()
         self.fingerprint_key = pepper.load_or_create(self.settings.data_path)
         await self.store.open()
@@ -46,11 +49,14 @@ class Services:
                 await self.runner.start()
                 if self.settings.run_engine:
                     self.engine.start()
+                if self.settings.agent_dispatch if dispatch is None else dispatch:
+                    self.dispatcher.start()
         except BaseException:
             await self.close()
             raise
 
     async def close(self) -> None:
+        await self.dispatcher.close()
         await self.engine.close()
         await self.runner.close()
         await self.token_usage.close()

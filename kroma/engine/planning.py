@@ -251,6 +251,7 @@ def _postprocess(
             bg_remove_backends=overlay.bg_remove_backends,
             bg_refine_openai=overlay.bg_refine_openai,
             bg_refine_openai_required=overlay.bg_refine_openai_required,
+            app_root=ctx.app_root,
         )
     except postprocess.PostprocessConfigError as exc:
         raise PlanningError(exc.message) from None

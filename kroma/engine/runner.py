@@ -108,7 +108,7 @@ class RunContext:
                     http=self._http,
                     openai_key=await openai_key(self.project, engine.services.vault, env),
                     openai_base_url=openai_base_url(self.project, env),
-                    command_timeout=float(env.get("KROMA_COMMAND_TIMEOUT_SECONDS", "300") or 300),
+                    command_timeout=None,  # PassEnv reads KROMA_COMMAND_TIMEOUT_SECONDS (default 300)
                 ),
                 passes.adapter_config(self.state.requested.get("postprocess_config") or {}),
             )
