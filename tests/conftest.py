@@ -23,6 +23,7 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
             "data_dir": str(tmp_path / f"data{len(opened)}"),
             "workspace_root": str(tmp_path / "app"),  # the app root: project folders go here
             "auth_dev_bypass": True,
+            "agent_dispatch": False,  # confirmed instructions stay confirmed unless a test dispatches
         }
         values.update(overrides)
         client = TestClient(create_app(Settings(**values)))

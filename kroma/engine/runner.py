@@ -84,11 +84,7 @@ class RunContext:
         self.project = project
         self.provider = provider
         self.project_root = Path(state.requested["project_root"])
-        self.guard = qa.GuardSettings(
-            max_chroma_delta=float(state.requested["output_guard"]["max_chroma_delta"]),
-            enforce_grayscale=bool(state.requested["output_guard"]["enforce_grayscale"]),
-            fail_on_chroma_exceed=bool(state.requested["output_guard"]["fail_on_chroma_exceed"]),
-        )
+        self.guard = qa.guard_settings(state.requested["output_guard"])  # with any extra checks
         self.stop = False
         self.error: BaseException | None = None
         self.last_event_id = state.requested_event_id
@@ -505,9 +501,13 @@ class RunEngine:
         path = Path(candidate.current_path or "")
         shown = display_path(path, self.app_root)
 
+        scene_path = Path(job.planned["input_paths"][0])
+        drift = context.guard.max_geometry_drift is not None
+
         def examine() -> dict[str, Any]:
             data = path.read_bytes() if path.is_file() else None
-            entry = qa.check_file(data, shown, context.guard)
+            scene = scene_path.read_bytes() if drift and scene_path.is_file() else None
+            entry = qa.check_file(data, shown, context.guard, scene=scene)
             return qa.report([entry], shown, context.guard)
 
         report = await anyio.to_thread.run_sync(examine, limiter=self.cpu)
@@ -606,7 +606,8 @@ class RunEngine:
             job.outcome["record"] = job_record(job, planned_object)
             events.append(NewEvent(ev.run_stream(state.run_id), ev.JOB_WINNER_SELECTED, job.outcome, meta))
             final = _asset(final_asset_id, state, job, None, "job_final_output", chosen.checked["final_output"],
-                           _described(chosen.generated), {"selected_candidate": chosen.index})
+                           _described(chosen.passes[-1] if chosen.passes else chosen.generated),
+                           {"selected_candidate": chosen.index})
             events.append(asset_recorded(final, meta))
             for c in sorted(job.candidates.values(), key=lambda c: c.index):
                 if c.current_asset_id:  # every candidate links to the job's final output

@@ -189,6 +189,8 @@ def test_a_killed_server_resumes_its_run_without_paying_twice(
     assert len(costs) == 6 and sum(c["total_cost_usd"] for c in costs) == 6 * 0.25
     run_stream = [e["type"] for e in events if e["stream_id"] == f"run:{run_id}"]
     assert run_stream.count("run.started") == 1 and run_stream[-1] == "run.completed"
+    started = next(e for e in events if e["type"] == "run.started" and e["data"]["run_id"] == run_id)
+    assert {e["metadata"]["causation_id"] for e in generated} == {started["event_id"]}  # resumed too
     assert run_stream.count("job.winner_selected") == 2 and run["finished_at"]
     outputs = tmp_path / "var" / "projects" / SLUG / "outputs"
     for e in generated:  # every file on disk is the recorded generation's

@@ -505,15 +505,11 @@ def test_equal_ranks_go_to_the_lowest_index_whatever_finishes_first(client: Test
     assert [e["data"]["selected_candidate"] for e in of_type(events, "job.winner_selected")] == [1, 1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner.py _generate takes its causation from context.last_event_id, which _decide_job "
-    "overwrites with each job's outcome: a later job's candidate.generated names another job's "
-    "job.winner_selected as its cause instead of run.started",
-)
 def test_generation_is_caused_by_run_started_even_when_jobs_run_one_at_a_time(
     make_client: Callable[..., TestClient],
 ) -> None:
+    """Job 2 starts generating after job 1's outcome is recorded; its generations are still caused
+    by run.started, not by another job's job.winner_selected (was a bug before da83322)."""
     client = make_client(run_jobs_in_flight=1)
     create_project(client)
     body = trigger(client, upload(client, one=GRAY, two=RED), 2).json()
@@ -636,29 +632,25 @@ def test_a_rerun_moves_the_file_already_at_an_output_path_to_archive_replaced(
     assert [a["sha256"] for a in second_final] == [sha256(output)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="files.write_new moves the old file to archive/replaced without recording it: the first "
-    "run's asset row keeps rel_path outputs/<job>.png and its sha256, so GET .../content serves the "
-    "second run's bytes under the first run's ETag (and answers 304 to that stale ETag)",
-)
 def test_an_asset_whose_file_was_replaced_still_serves_the_bytes_its_etag_names(
-    client: TestClient, demo: dict
+    client: TestClient, demo: dict, tmp_path: Path
 ) -> None:
+    """The first run's asset rows follow their file into archive/replaced/, so its content (and its
+    ETag) stay its own bytes after a rerun wrote the same output name (was a bug before da83322: the
+    second run's bytes were served under the first run's ETag, and 304 answered to it)."""
     scenes = upload(client, solo=GRAY)
     first = trigger(client, scenes, 1).json()
     trigger(client, scenes, 1)
-    asset = next(
-        a
-        for a in listed(client, "assets", "assets")
-        if a["run_id"] == first["run_id"] and a["kind"] == "candidate_output"
-    )
-    response = client.get(f"{BASE}/assets/{asset['id']}/content")
-    assert response.status_code == 200
-    assert (
-        hashlib.sha256(response.content).hexdigest() == asset["sha256"] == response.headers["etag"].strip('"')
-    )
-    assert read_provenance(response.content)["run_id"] == first["run_id"]
+    first_assets = [a for a in listed(client, "assets", "assets") if a["run_id"] == first["run_id"]]
+    assert sorted(a["kind"] for a in first_assets) == ["candidate_output", "job_final_output"]
+    for asset in first_assets:
+        assert asset["rel_path"].startswith(f"{PROJECT_DISPLAY}/archive/replaced/style_1_solo_replaced_")
+        assert sha256(app_root(tmp_path) / asset["rel_path"]) == asset["sha256"]
+        response = client.get(f"{BASE}/assets/{asset['id']}/content")
+        assert response.status_code == 200
+        served = hashlib.sha256(response.content).hexdigest()
+        assert served == asset["sha256"] == response.headers["etag"].strip('"')
+        assert read_provenance(response.content)["run_id"] == first["run_id"]
 
 
 # -- asynchronous trigger and cancel ---------------------------------------------------------
@@ -738,15 +730,11 @@ def test_a_waiting_trigger_whose_run_is_canceled_answers_400_run_canceled(
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner.py _candidate checks context.stop before _generate, but _generate then waits on "
-    "the shared provider_calls limiter and never re-checks: every candidate already queued on the "
-    "limiter still makes (and pays for) its provider call after the cancel",
-)
 def test_cancel_starts_no_provider_call_after_it_is_recorded(
     make_client: Callable[..., TestClient], openai_env: FakeOpenAI
 ) -> None:
+    """Candidates still waiting for a provider slot when the cancel lands make no call (was a bug
+    before da83322: every queued candidate still called, and paid for, the provider)."""
     client = make_client(run_provider_calls=1)
     run_id, _audit = _slow_run(client, openai_env, 4)
     events = run_events(client, run_id)

@@ -57,7 +57,7 @@ class ManualClock(Clock):
 
 @contextmanager
 def clocked_client(tmp_path: Path, clock: ManualClock) -> Iterator[TestClient]:
-    settings = Settings(data_dir=str(tmp_path / "clocked"), auth_dev_bypass=True)
+    settings = Settings(data_dir=str(tmp_path / "clocked"), auth_dev_bypass=True, agent_dispatch=False)
     with TestClient(create_app(settings, Services(settings, clock=clock))) as client:
         yield client
 

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import pathlib
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -82,53 +83,73 @@ def blur_reference(image: np.ndarray) -> np.ndarray:
     return out
 
 
+EPS = np.finfo(np.float32).eps
+
+
+def point(image: np.ndarray, fn: Callable[..., int]) -> np.ndarray:
+    """Each value through `fn` (a per-value float32 formula ending in clamp_u8)."""
+    return np.vectorize(fn)(image).astype(np.int64)
+
+
+def ref_autocontrast(out: np.ndarray) -> np.ndarray:
+    out = out.copy()
+    for c in range(3):
+        low, high = F(out[..., c].min()), F(out[..., c].max())
+        if abs(F(high - low)) >= EPS:
+            stretch = F(high - low)
+            out[..., c] = point(
+                out[..., c], lambda v, lo=low, d=stretch: clamp_u8(F(F(F(v) - lo) / d) * F(255.0))
+            )
+    return out
+
+
+def ref_saturation(out: np.ndarray, s: np.float32) -> np.ndarray:
+    out = out.copy()
+    for y in range(out.shape[0]):
+        for x in range(out.shape[1]):
+            r, g, b = (F(v) for v in out[y, x])
+            gray = F(F(F(0.299) * r + F(0.587) * g) + F(0.114) * b)
+            out[y, x] = [clamp_u8(F(gray + F(F(v - gray) * s))) for v in (r, g, b)]
+    return out
+
+
+def ref_sharpen(out: np.ndarray, k: np.float32) -> np.ndarray:
+    blurred = blur_reference(out.astype(np.uint8)).astype(np.int64)
+    amount = F(k - F(1.0))
+    sharp = np.vectorize(lambda v, bl: clamp_u8(F(F(v) + F(amount * F(F(v) - F(bl))))))
+    return sharp(out, blurred).astype(np.int64)
+
+
+def ref_gamma(out: np.ndarray, gamma: np.float32) -> np.ndarray:
+    inv = F(F(1.0) / max(gamma, EPS))
+    lut = [clamp_u8(F(F(float(F(F(i) / F(255.0))) ** float(inv)) * F(255.0))) for i in range(256)]
+    return point(out, lambda v: lut[v])
+
+
 def reference(image: np.ndarray, profile: dict[str, float]) -> np.ndarray:
     def get(key: str, default: float) -> np.float32:
         return F(profile.get(key, default))
 
     def differs(value: np.float32) -> bool:
-        return bool(abs(F(value - F(1.0))) > np.finfo(np.float32).eps)
+        return bool(abs(F(value - F(1.0))) > EPS)
 
     out = image.astype(np.int64)
-    height, width, _ = out.shape
     if get("autocontrast_cutoff", 0.0) > 0:
-        for c in range(3):
-            low, high = F(out[..., c].min()), F(out[..., c].max())
-            if abs(F(high - low)) >= np.finfo(np.float32).eps:
-                for y in range(height):
-                    for x in range(width):
-                        out[y, x, c] = clamp_u8(F(F(F(out[y, x, c]) - low) / F(high - low)) * F(255.0))
-    b = get("brightness", 1.0)
-    if differs(b):
-        out = np.vectorize(lambda v: clamp_u8(F(F(v) * b)))(out)
-    c_ = get("contrast", 1.0)
-    if differs(c_):
-        out = np.vectorize(lambda v: clamp_u8(F(F(F(v) - F(128.0)) * c_) + F(128.0)))(out)
-    s = get("saturation", 1.0)
-    if differs(s):
-        for y in range(height):
-            for x in range(width):
-                r, g, bb = (F(v) for v in out[y, x])
-                gray = F(F(F(0.299) * r + F(0.587) * g) + F(0.114) * bb)
-                out[y, x] = [clamp_u8(F(gray + F(F(v - gray) * s))) for v in (r, g, bb)]
-    k = get("sharpness", 1.0)
-    if differs(k) and k > F(1.0) + np.finfo(np.float32).eps:
-        blurred = blur_reference(out.astype(np.uint8))
-        amount = F(k - F(1.0))
-        for y in range(height):
-            for x in range(width):
-                for ch in range(3):
-                    v = F(out[y, x, ch])
-                    out[y, x, ch] = clamp_u8(F(v + F(amount * F(v - F(blurred[y, x, ch])))))
-    gamma = get("gamma", 1.0)
-    if gamma > 0 and differs(gamma):
-        inv = F(F(1.0) / max(gamma, np.finfo(np.float32).eps))
-        lut = [clamp_u8(F(F(float(F(F(i) / F(255.0))) ** float(inv)) * F(255.0))) for i in range(256)]
-        out = np.vectorize(lambda v: lut[v])(out)
+        out = ref_autocontrast(out)
+    if differs(b := get("brightness", 1.0)):
+        out = point(out, lambda v: clamp_u8(F(F(v) * b)))
+    if differs(c := get("contrast", 1.0)):
+        out = point(out, lambda v: clamp_u8(F(F(F(v) - F(128.0)) * c) + F(128.0)))
+    if differs(s := get("saturation", 1.0)):
+        out = ref_saturation(out, s)
+    if differs(k := get("sharpness", 1.0)) and k > F(1.0) + EPS:
+        out = ref_sharpen(out, k)
+    if (gamma := get("gamma", 1.0)) > 0 and differs(gamma):
+        out = ref_gamma(out, gamma)
     muls = [get(key, 1.0) for key in ("red_multiplier", "green_multiplier", "blue_multiplier")]
     if any(differs(m) for m in muls):
         for ch in range(3):
-            out[..., ch] = np.vectorize(lambda v, m=muls[ch]: clamp_u8(F(F(v) * m)))(out[..., ch])
+            out[..., ch] = point(out[..., ch], lambda v, m=muls[ch]: clamp_u8(F(F(v) * m)))
     return out.astype(np.uint8)
 
 
@@ -136,7 +157,9 @@ def reference(image: np.ndarray, profile: dict[str, float]) -> np.ndarray:
 
 
 def test_builtin_profiles_are_the_spec_table() -> None:
-    def profile(b: float, c: float, s: float, k: float, g: float, r: float, gm: float, bm: float) -> dict[str, float]:
+    def profile(
+        b: float, c: float, s: float, k: float, g: float, r: float, gm: float, bm: float
+    ) -> dict[str, float]:
         return {
             "brightness": b,
             "contrast": c,
@@ -149,11 +172,12 @@ def test_builtin_profiles_are_the_spec_table() -> None:
             "blue_multiplier": bm,
         }
 
-    assert BUILTIN_PROFILES == {
+    expected = {
         "neutral": profile(1.0, 1.02, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0),
         "cinematic_warm": profile(0.98, 1.12, 1.08, 1.04, 1.03, 1.04, 1.0, 0.96),
         "cold_rain": profile(0.97, 1.1, 0.95, 1.03, 1.01, 0.97, 1.0, 1.05),
     }
+    assert expected == BUILTIN_PROFILES
 
 
 def test_find_profile_in_the_builtins() -> None:
@@ -178,15 +202,21 @@ def test_load_profiles_fills_missing_keys_with_identity(tmp_path: pathlib.Path) 
         find_profile(profiles, "neutral", str(path))
 
 
-def test_a_custom_profile_file_is_applied(tmp_path: pathlib.Path) -> None:
+def test_custom_profiles_from_a_file_are_applied_in_float32(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "color.json"
-    path.write_text(json.dumps({"profiles": {"cool": {"blue_multiplier": 1.05, "contrast": 1.1}}}))
-    profile = find_profile(load_profiles(path), "cool", str(path))
-    out = apply_profile_array(pixels((13, 13, 30), (128, 128, 50)), profile)
-    # float32 as HEAD: (13-128)*1.1f + 128 = 1.4999972 -> 1 (float64 would give 1.5 -> 2);
-    # 30 * 1.05f = 31.4999986 -> 31, and 50 * 1.05f -> 52 (float64: 53).
-    assert out.tolist() == [[[1, 1, 0], [128, 128, 52]]]
-    assert np.array_equal(out, reference(pixels((13, 13, 30), (128, 128, 50)), profile))
+    path.write_text(json.dumps({"profiles": {"punch": {"contrast": 1.1}, "cool": {"blue_multiplier": 1.05}}}))
+    profiles = load_profiles(path)
+    image = pixels((13, 128, 30), (50, 50, 50))
+    # float32 as HEAD: (13 - 128) * 1.1f rounds to -126.5 exactly, + 128 = 1.5 -> 2 (float64:
+    # 1.4999999999999858 -> 1).
+    punch = apply_profile_array(image, find_profile(profiles, "punch", str(path)))
+    assert punch.tolist() == [[[2, 128, 20], [42, 42, 42]]]
+    # 30 * 1.05f = 31.499998 -> 31 and 50 * 1.05f = 52.499996 -> 52 (float64: 32 and 53).
+    cool = apply_profile_array(image, find_profile(profiles, "cool", str(path)))
+    assert cool.tolist() == [[[13, 128, 31], [50, 50, 52]]]
+    for name in ("punch", "cool"):
+        profile = find_profile(profiles, name, str(path))
+        assert np.array_equal(apply_profile_array(image, profile), reference(image, profile))
 
 
 @pytest.mark.parametrize(
@@ -238,7 +268,12 @@ def test_brightness_rounds_half_away_from_zero_and_clamps() -> None:
 
 
 def test_contrast_pivots_on_128() -> None:
-    assert apply_profile_array(row(0, 100, 128, 200), {"contrast": 2.0})[0, :, 0].tolist() == [0, 72, 128, 255]
+    assert apply_profile_array(row(0, 100, 128, 200), {"contrast": 2.0})[0, :, 0].tolist() == [
+        0,
+        72,
+        128,
+        255,
+    ]
 
 
 def test_brightness_runs_before_contrast() -> None:
@@ -301,7 +336,9 @@ def test_non_finite_results_become_zero() -> None:
 @pytest.mark.parametrize("name", sorted(BUILTIN_PROFILES))
 def test_builtin_profiles_match_the_per_pixel_reference(name: str) -> None:
     image = np.random.default_rng(len(name)).integers(0, 256, (7, 6, 3), dtype=np.uint8)
-    assert np.array_equal(apply_profile_array(image, BUILTIN_PROFILES[name]), reference(image, BUILTIN_PROFILES[name]))
+    assert np.array_equal(
+        apply_profile_array(image, BUILTIN_PROFILES[name]), reference(image, BUILTIN_PROFILES[name])
+    )
 
 
 def test_every_step_at_once_matches_the_per_pixel_reference() -> None:
@@ -320,9 +357,8 @@ def test_every_step_at_once_matches_the_per_pixel_reference() -> None:
     assert np.array_equal(apply_profile_array(image, profile), reference(image, profile))
 
 
-def test_cold_rain_uses_float32_arithmetic() -> None:
-    out = apply_profile_array(pixels((13, 128, 30)), {"contrast": 1.1})
-    assert out[0, 0, 0] == 1  # (13 - 128) * 1.1f + 128 = 1.4999972
+def test_huge_parameters_overflow_quietly_to_zero() -> None:
+    assert apply_profile_array(row(0, 9), {"contrast": 1e39})[0, :, 0].tolist() == [0, 0]  # inf -> 0
 
 
 def test_array_shape_is_checked() -> None:
@@ -336,15 +372,21 @@ def test_array_shape_is_checked() -> None:
 def test_alpha_is_carried_through_unchanged() -> None:
     rng = np.random.default_rng(5)
     rgba = rng.integers(0, 256, (6, 7, 4), dtype=np.uint8)
-    out = Image.open(io.BytesIO(apply_profile(png(Image.fromarray(rgba, "RGBA")), BUILTIN_PROFILES["cinematic_warm"])))
+    out = Image.open(
+        io.BytesIO(apply_profile(png(Image.fromarray(rgba, "RGBA")), BUILTIN_PROFILES["cinematic_warm"]))
+    )
     assert out.mode == "RGBA"
     result = np.asarray(out)
     assert np.array_equal(result[..., 3], rgba[..., 3])
-    assert np.array_equal(result[..., :3], apply_profile_array(rgba[..., :3], BUILTIN_PROFILES["cinematic_warm"]))
+    assert np.array_equal(
+        result[..., :3], apply_profile_array(rgba[..., :3], BUILTIN_PROFILES["cinematic_warm"])
+    )
 
 
 def test_rgb_stays_rgb_and_other_modes_are_read_as_rgb() -> None:
-    out = Image.open(io.BytesIO(apply_profile(png(Image.new("RGB", (3, 3), (25, 25, 25))), BUILTIN_PROFILES["neutral"])))
+    out = Image.open(
+        io.BytesIO(apply_profile(png(Image.new("RGB", (3, 3), (25, 25, 25))), BUILTIN_PROFILES["neutral"]))
+    )
     assert out.mode == "RGB" and out.getpixel((1, 1)) == (23, 23, 23)
     gray = Image.open(io.BytesIO(apply_profile(png(Image.new("L", (2, 2), 25)), BUILTIN_PROFILES["neutral"])))
     assert gray.mode == "RGB" and gray.getpixel((0, 0)) == (23, 23, 23)

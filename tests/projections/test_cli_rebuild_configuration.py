@@ -174,7 +174,7 @@ def _dump(path: str) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def test_cli_rebuild_reproduces_every_configuration_read_model(tmp_path: Path) -> None:
-    settings = Settings(data_dir=str(tmp_path / "data"), auth_dev_bypass=True)
+    settings = Settings(data_dir=str(tmp_path / "data"), auth_dev_bypass=True, agent_dispatch=False)
     with TestClient(create_app(settings)) as client:
         reads = []
         for slug in ("demo", "other"):
