@@ -1,6 +1,7 @@
 """The run engine on the local provider: a run of 20 jobs x 6 candidates, worked concurrently and
 with every limit at 1 (the same steps one after another), measured in one run; plus each step's
-own cost and QA on a 1024x1536 image (target < 50 ms).
+own cost, QA on a 1024x1536 image (target < 50 ms) and each post-process pass on a 1024x1536
+candidate (builtin background removal, x2 upscale, the three colour profiles).
 
 Usage: .venv/bin/python bench/engine.py [--jobs N] [--candidates K] [--size WxH] [--json]
 """
@@ -25,7 +26,7 @@ from PIL import Image
 
 from kroma.config import Settings
 from kroma.http.app import create_app
-from kroma.imaging import ink, provenance, qa
+from kroma.imaging import background, color, ink, provenance, qa, upscale
 from kroma.imaging.sketch import street_scene
 
 scene = street_scene
@@ -52,7 +53,15 @@ def step_costs(size: tuple[int, int]) -> dict[str, float]:
 
     data = scene(size, 3)
     rendered = ink.render_ink(data, [], "noir harbour at night", 1)
+    inked = ink.render_ink(big, [], "noir harbour at night", 1)  # a 1024x1536 candidate
+    cut = background.remove_background(inked)
     return {
+        "bg_remove_ms_1024x1536": round(timed(lambda: background.remove_background(inked), 5), 2),
+        "upscale_x2_ms_1024x1536": round(timed(lambda: upscale.upscale(cut, 2), 3), 2),
+        **{
+            f"color_{name}_ms_1024x1536": round(timed(lambda p=profile: color.apply_profile(cut, p), 3), 2)
+            for name, profile in color.BUILTIN_PROFILES.items()
+        },
         "qa_ms_per_image": round(timed(qa_file, 15), 2),
         "chroma_delta_ms_1024x1536": round(timed(lambda: qa.chroma_delta(image), 15), 2),
         "render_ms_per_image": round(timed(lambda: ink.render_ink(data, [], "noir harbour at night", 1), 5), 2),
