@@ -1,18 +1,27 @@
-"""Rebuild speed and memory: every projection folded again from a 100,000-event log.
+"""Rebuild speed and memory: every projection folded again from a 100,000-event log (or --events N).
 
 The log is made by replaying a template workload (one project driven through the real HTTP app:
 storage, provider accounts, style guides, characters, templates, reference sets, chat, agent
-instructions, ...) many times with fresh ids, so the events are exactly what the application
-appends. The rebuild runs in a child process so its peak RSS is its own.
+instructions, a secret set and deleted, and one run of 2 candidates on the offline local provider
+with its engine events, assets and links) many times with fresh ids (entity, stream, correlation
+and request ids alike), so the events are exactly what the application appends. The rebuild is
+`kroma projections rebuild`'s: a fresh read-model file folded from position 0 and swapped into
+the live one; it runs in a child process so its peak RSS is its own.
 
-Usage: .venv/bin/python bench/rebuild.py [--events N] [--json]
+With --store postgres the same log is also built on PostgreSQL (a fresh schema, dropped
+afterwards) and rebuilt from there, the read models still in a SQLite file: PostgreSQL's row
+prints beside SQLite's.
+
+Usage: .venv/bin/python bench/rebuild.py [--events N] [--store sqlite|postgres] [--postgres-url URL] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
+import os
 import re
 import resource
 import subprocess
@@ -23,21 +32,36 @@ import tracemalloc
 import uuid
 from pathlib import Path
 
+import msgspec
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.remove(str(Path(__file__).resolve().parent))  # else bench/http.py shadows the stdlib's http
 
 from litestar.testing import TestClient
+from PIL import Image
 
 from kroma.config import Settings
-from kroma.events.envelope import NewEvent
+from kroma.events.envelope import Metadata, NewEvent
 from kroma.http.app import create_app
 from kroma.services import Services
 
+DEFAULT_POSTGRES_URL = os.environ.get("KROMA_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+def _scene_png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (96, 64), (128, 128, 128)).save(out, format="PNG")
+    return out.getvalue()
+
+
 def template_workload(data_dir: Path) -> list:
-    """Drive one project through every configuration route that exists; return its events."""
-    with TestClient(create_app(Settings(data_dir=str(data_dir), auth_dev_bypass=True))) as c:
+    """Drive one project through every configuration route that exists and one run on the local
+    provider; return its events."""
+    settings = Settings(
+        data_dir=str(data_dir / "kroma"), workspace_root=str(data_dir), auth_dev_bypass=True, agent_dispatch=False
+    )
+    with TestClient(create_app(settings)) as c:
         p = "/api/projects/tmpl"
         c.post("/api/projects", json={"name": "Template", "slug": "tmpl", "description": "bench"})
         c.put(f"{p}/storage/local", json={"base_dir": "art"})
@@ -67,12 +91,24 @@ def template_workload(data_dir: Path) -> list:
         ins = c.post(f"{p}/agent/instructions", json={"instruction_text": "Colour page 3"}).json()
         if ins.get("ok"):
             c.post(f"{p}/agent/instructions/{ins['instruction']['id']}/confirm", json={})
+        c.post(f"{p}/secrets", json={"provider_code": "fal", "secret_name": "api_key", "secret_value": "k"})
+        c.delete(f"{p}/secrets/fal/api_key")
+        scenes = c.post(f"{p}/assets", files=[("file", ("scene.png", _scene_png(), "image/png"))]).json()
+        if scenes.get("ok"):
+            refs = [a["rel_path"] for a in scenes["assets"]]
+            run = {"mode": "run", "confirm_spend": True, "provider": "local", "scene_refs": refs, "candidates": 2}
+            c.post(f"{p}/runs/trigger", json=run)
         services: Services = c.app.state.services
         return c.blocking_portal.call(services.store.read_all, 0, 100_000)
 
 
-async def build_log(data_dir: Path, template: list, target: int) -> int:
-    services = Services(Settings(data_dir=str(data_dir)))
+def log_settings(data_dir: Path, url: str = "", schema: str = "kroma") -> Settings:
+    """The data folder's settings, the log on PostgreSQL when `url` is given."""
+    return Settings(data_dir=str(data_dir), event_store_url=url, event_store_schema=schema)
+
+
+async def build_log(data_dir: Path, template: list, target: int, url: str = "", schema: str = "kroma") -> int:
+    services = Services(log_settings(data_dir, url, schema))
     await services.open(follow=False)
     copies = 0
     try:
@@ -91,7 +127,7 @@ async def build_log(data_dir: Path, template: list, target: int) -> int:
                     remap(e.stream_id),
                     e.type,
                     json.loads(remap(json.dumps(e.data))),
-                    e.metadata,
+                    msgspec.json.decode(remap(msgspec.json.encode(e.metadata).decode()), type=Metadata),
                     e.schema_version,
                 )
                 for e in template
@@ -103,8 +139,8 @@ async def build_log(data_dir: Path, template: list, target: int) -> int:
         await services.close()
 
 
-async def rebuild(data_dir: Path) -> dict:
-    services = Services(Settings(data_dir=str(data_dir)))
+async def rebuild(data_dir: Path, url: str = "", schema: str = "kroma") -> dict:
+    services = Services(log_settings(data_dir, url, schema))
     await services.open(follow=False)
     try:
         head = await services.store.head()
@@ -112,6 +148,9 @@ async def rebuild(data_dir: Path) -> dict:
         await services.runner.rebuild()
         seconds = time.perf_counter() - started
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # A long log's entity read models are folded by a worker process at the same time: its
+        # peak counts too (added, as if both peaked at once).
+        worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         # A second, traced pass for the Python heap peak (tracemalloc slows allocation, so the
         # timed pass above runs without it).
         tracemalloc.start()
@@ -123,11 +162,42 @@ async def rebuild(data_dir: Path) -> dict:
             "seconds": round(seconds, 3),
             "events_per_s": round(head / seconds),
             "python_heap_peak_mb": round(traced_peak / 2**20, 1),
-            "peak_rss_mb": round(rss_mb, 1),
+            "peak_rss_mb": round(rss_mb + worker_mb, 1),
+            "peak_rss_mb_rebuild_process": round(rss_mb, 1),
+            "peak_rss_mb_worker_process": round(worker_mb, 1),
             "projections": len(services.runner.projections),
         }
     finally:
         await services.close()
+
+
+async def drop_schema(url: str, schema: str) -> None:
+    import asyncpg
+
+    db = await asyncpg.connect(url)
+    try:
+        await db.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await db.close()
+
+
+def measure(tmp: Path, template: list, target: int, url: str = "", schema: str = "kroma") -> dict:
+    """Build a log of `target` events (on PostgreSQL when `url` is given), then time its rebuild
+    in a child process."""
+    data = tmp / ("data-postgres" if url else "data")
+    started = time.perf_counter()
+    head = asyncio.run(build_log(data, template, target, url, schema))
+    where = f"on PostgreSQL (schema {schema})" if url else "in SQLite"
+    print(
+        f"built a {head:,}-event log {where} ({len(template)} events per project) in"
+        f" {time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
+    store_args = ["--child-store", url, schema] if url else []
+    child = subprocess.run(
+        [sys.executable, __file__, "--child", str(data), *store_args], capture_output=True, text=True, check=True
+    )
+    return json.loads(child.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -135,34 +205,40 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-store", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(asyncio.run(rebuild(Path(args.child)))))
+        url, schema = args.child_store or ("", "kroma")
+        print(json.dumps(asyncio.run(rebuild(Path(args.child), url, schema))))
         return
+    result: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         template = template_workload(Path(tmp) / "template")
-        data = Path(tmp) / "data"
-        started = time.perf_counter()
-        head = asyncio.run(build_log(data, template, args.events))
+        result["rebuild_all"] = measure(Path(tmp), template, args.events)
+        if args.store == "postgres":
+            schema = f"kroma_bench_{uuid.uuid4().hex[:12]}"
+            try:
+                result["rebuild_all_postgres"] = measure(
+                    Path(tmp), template, args.events, args.postgres_url, schema
+                )
+            finally:
+                asyncio.run(drop_schema(args.postgres_url, schema))
+    print(
+        f"{'scenario':<22}{'events':>10}{'seconds':>9}{'events/s':>11}{'heap peak MB':>14}{'peak RSS MB':>13}"
+    )
+    for name, r in result.items():
         print(
-            f"built a {head:,}-event log ({len(template)} events per project) in {time.perf_counter() - started:.1f} s",
-            file=sys.stderr,
+            f"{name:<22}{r['events']:>10,}{r['seconds']:>9.2f}{r['events_per_s']:>11,}"
+            f"{r['python_heap_peak_mb']:>14}{r['peak_rss_mb']:>13}"
         )
-        child = subprocess.run(
-            [sys.executable, __file__, "--child", str(data)], capture_output=True, text=True, check=True
-        )
-        result = {"rebuild_all": json.loads(child.stdout.strip().splitlines()[-1])}
     r = result["rebuild_all"]
-    print(
-        f"{'scenario':<14}{'events':>10}{'seconds':>9}{'events/s':>11}{'heap peak MB':>14}{'peak RSS MB':>13}"
-    )
-    print(
-        f"{'rebuild_all':<14}{r['events']:>10,}{r['seconds']:>9.2f}{r['events_per_s']:>11,}"
-        f"{r['python_heap_peak_mb']:>14}{r['peak_rss_mb']:>13}"
-    )
     print(f"({r['projections']} projections, one transaction per 2,000-event page)")
+    if "rebuild_all_postgres" in result:
+        print("(rebuild_all_postgres: the log on PostgreSQL, read through asyncpg; read models in SQLite)")
     if args.json:
         print(json.dumps(result))
 

@@ -17,7 +17,7 @@ import aiosqlite
 
 from kroma import dbthread
 from kroma.domain import tokens as domain
-from kroma.domain.errors import NotFound, ValidationError
+from kroma.domain.errors import Forbidden, NotFound, ValidationError
 from kroma.domain.handling import Actor, Decision, current_request
 from kroma.domain.slugs import normalize_slug
 from kroma.domain.users import LOCAL_USER_ID, LOCAL_USERNAME
@@ -28,6 +28,15 @@ if TYPE_CHECKING:
     from kroma.services import Services
 
 log = logging.getLogger(__name__)
+
+# A project-scoped token is a boundary (not the reference's behaviour, where it could mint an
+# unscoped token): it creates, lists and revokes only tokens of its own project.
+SCOPE_FORBIDDEN = "A project-scoped token can only manage tokens of its own project"
+
+
+def _actor_scope() -> str | None:
+    """The project the acting token is scoped to (None: unscoped, dev bypass, bootstrap, CLI)."""
+    return current_request.get().actor.project_id
 
 
 class TokenUsage:
@@ -120,6 +129,18 @@ async def _project_for_token(services: Services, project_slug: str | None) -> st
     return str(row["id"])
 
 
+async def _check_scope(services: Services, project_slug: str | None, scope: str) -> None:
+    """403 unless `project_slug` names the caller's own project: an absent one would mint an
+    unscoped token, and an unknown one is a 403 too (as on slug paths, the answer to a scoped
+    caller never says what exists outside its scope)."""
+    try:
+        project_id = await _project_for_token(services, project_slug)
+    except NotFound:
+        project_id = None
+    if project_id != scope:
+        raise Forbidden(SCOPE_FORBIDDEN)
+
+
 async def _next_bootstrap_generation(services: Services) -> int:
     generation = 0
     while await services.store.stream_version(domain.bootstrap_stream(generation)) > 0:
@@ -129,7 +150,11 @@ async def _next_bootstrap_generation(services: Services) -> int:
 
 async def create_token(services: Services, cmd: domain.CreateToken) -> dict[str, Any]:
     """Create a token for the `local` user; returns the API's `auth_token` (with the plaintext
-    token, shown this once)."""
+    token, shown this once). A project-scoped caller gets 403 (before any validation) unless
+    `project_slug` names its own project."""
+    scope = _actor_scope()
+    if scope is not None:
+        await _check_scope(services, cmd.project_slug, scope)
     expires_at = domain.parse_expires_at(cmd.expires_at)
     label = domain.clean_label(cmd.label)
     project_id = await _project_for_token(services, cmd.project_slug)
@@ -182,8 +207,10 @@ async def create_token(services: Services, cmd: domain.CreateToken) -> dict[str,
 
 
 async def list_tokens(services: Services) -> list[dict[str, Any]]:
+    """Every token; for a project-scoped caller, only the tokens of its own project."""
     now = services.clock.now_seconds()
     usage = services.token_usage
+    scope = _actor_scope()
     return [
         read.token_view(
             row,
@@ -191,6 +218,7 @@ async def list_tokens(services: Services) -> list[dict[str, Any]]:
             usage.last_used(row["id"], row["last_used_at"]),
         )
         for row in await read.list_tokens(services.reader)
+        if scope is None or row["project_id"] == scope
     ]
 
 
@@ -200,12 +228,15 @@ class _AlreadyRevoked(Exception):
 
 async def revoke_token(services: Services, token_id: str) -> None:
     """Revoke (idempotent: a revoked token stays revoked with its first timestamp, and a repeat
-    appends nothing)."""
+    appends nothing). A project-scoped caller may revoke only tokens of its own project (403)."""
     store = services.store
     stream = domain.token_stream(token_id)
+    scope = _actor_scope()
 
     async def decide(meta: Metadata) -> Decision:
         history = await store.read_stream(stream)
+        if scope is not None and history and history[0].data.get("project_id") != scope:
+            raise Forbidden(SCOPE_FORBIDDEN)
         event = domain.decide_revoke(history, meta)
         if event is None:
             raise _AlreadyRevoked

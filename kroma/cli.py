@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
 import msgspec
 
+from kroma import cli_log
 from kroma.cli_pipeline import COMMANDS as PIPELINE_COMMANDS
+from kroma.cli_storage import COMMANDS as STORAGE_COMMANDS
 from kroma.config import Settings, load_settings
 from kroma.services import Services
 
@@ -29,7 +30,7 @@ def _settings(data_dir: str | None, **extra: Any) -> Settings:
 def _with_services(settings: Settings, fn: Callable[[Services], Awaitable[T]], follow: bool = False) -> T:
     async def main() -> T:
         services = Services(settings)
-        await services.open(follow=follow, dispatch=False)  # only serve and worker dispatch
+        await services.open(follow=follow, dispatch=False, engine=False)  # only serve and worker dispatch
         try:
             return await fn(services)
         finally:
@@ -223,14 +224,6 @@ def events_tail(data_dir: str | None, after: int | None) -> None:
         _with_services(_settings(data_dir), tail)
 
 
-@events.command("verify")
-@data_dir_option
-def events_verify(data_dir: str | None) -> None:
-    """Check the hash chain over the whole log."""
-    head = _with_services(_settings(data_dir), lambda s: s.store.verify_chain())
-    click.echo(f"hash chain intact through position {head}")
-
-
 # -- projections -----------------------------------------------------------------------------------
 
 
@@ -239,49 +232,10 @@ def projections() -> None:
     """Inspect and rebuild read models."""
 
 
-@projections.command("status")
-@data_dir_option
-def projections_status(data_dir: str | None) -> None:
-    """Each projection's checkpoint against the log head."""
-
-    async def status(s: Services) -> tuple[int, dict[str, int], list]:
-        return await s.store.head(), await s.runner.checkpoints(), await s.runner.failures()
-
-    head, checkpoints, failures = _with_services(_settings(data_dir), status)
-    click.echo(f"log head: {head}")
-    for name, position in sorted(checkpoints.items()):
-        lag = head - position
-        click.echo(f"  {name:<24} {position:>10}  {'up to date' if lag == 0 else f'{lag} behind'}")
-    for name, position, type_, error in failures:
-        click.echo(f"  ! {name} skipped event {position} ({type_}): {error}")
-
-
-@projections.command("rebuild")
-@data_dir_option
-@click.argument("name", required=False)
-def projections_rebuild(data_dir: str | None, name: str | None) -> None:
-    """Drop read models (all, or NAME) and rebuild them from position zero."""
-
-    async def rebuild(s: Services) -> int:
-        if name is not None:
-            try:
-                s.runner.by_name(name)
-            except KeyError:
-                known = ", ".join(p.name for p in s.runner.projections)
-                raise click.ClickException(f"unknown projection {name!r} (known: {known})") from None
-        head = await s.store.head()
-        with click.progressbar(length=max(head, 1), label="rebuilding", file=sys.stderr) as bar:
-            done = 0
-
-            def progress(position: int, _head: int) -> None:
-                nonlocal done
-                bar.update(position - done)
-                done = position
-
-            return await s.runner.rebuild([name] if name else None, progress)
-
-    position = _with_services(_settings(data_dir), rebuild)
-    click.echo(f"rebuilt {name or 'all projections'} through position {position}")
+for _command in (cli_log.verify, cli_log.export_events, cli_log.import_events):
+    events.add_command(_command)
+for _command in (cli_log.status, cli_log.rebuild):
+    projections.add_command(_command)
 
 
 # -- tokens ----------------------------------------------------------------------------------------
@@ -360,7 +314,7 @@ def tokens_revoke(data_dir: str | None, token_id: str) -> None:
     click.echo(f"revoked token {token_id}")
 
 
-for _command in PIPELINE_COMMANDS:
+for _command in (*PIPELINE_COMMANDS, *STORAGE_COMMANDS):
     main.add_command(_command)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +14,26 @@ import msgspec
 TRUE_WORDS = {"1", "true", "yes", "on"}
 
 
+@lru_cache(maxsize=64)  # asked on many requests; resolving walks the path with a syscall per part
+def _resolved(path: str) -> Path:
+    return Path(path).resolve()
+
+
 class Settings(msgspec.Struct, kw_only=True):
     data_dir: str = "var/kroma"
     bind: str = "127.0.0.1:8788"
     workspace_root: str = ""
     allowed_roots: str = ""  # os.pathsep-separated folders the server may write into; "" = app root
     upload_max_bytes: int = 50 * 1024 * 1024
+    event_store_url: str = ""  # "" = the SQLite file events.db in data_dir; postgresql://... = PostgreSQL
+    event_store_schema: str = "kroma"  # the PostgreSQL schema holding the log's tables
+    request_max_bytes: int = 10 * 1024 * 1024  # any other request body (JSON); larger is a 413
+    sse_streams_per_token: int = 8  # live event streams open at once per token; more is a 429
     run_engine: bool = True  # execute runs inside this process (kroma serve)
     run_provider_calls: int = 4  # provider calls in flight, across all runs
     run_cpu_workers: int = 0  # image work (render, QA) in worker threads; 0 = one per CPU
     run_jobs_in_flight: int = 4  # jobs of one run worked at once
+    run_runs_in_flight: int = 4  # runs worked at once; later runs wait (queued) for a slot
     agent_dispatch: bool = True  # deliver confirmed agent instructions inside this process (kroma serve)
     agent_api_url: str = ""  # else the project's secret agent_api/url
     agent_api_token: str = ""  # else the project's secret agent_api/token
@@ -37,6 +48,9 @@ class Settings(msgspec.Struct, kw_only=True):
     auth_dev_bypass: bool = False
     auth_bootstrap_first_token: bool = True
     log_level: str = "info"
+    s3_concurrency: int = 4  # PUTs (whole objects or parts) in flight per S3 sync
+    s3_multipart_threshold: int = 16 * 1024 * 1024  # larger files go up in parts
+    s3_multipart_chunk: int = 8 * 1024 * 1024  # part size (S3 wants >= 5 MiB but for the last)
 
     @property
     def data_path(self) -> Path:
@@ -54,7 +68,7 @@ class Settings(msgspec.Struct, kw_only=True):
     def app_root(self) -> Path:
         """The reference's app root: relative storage and pipeline paths resolve against it. By
         default the folder the server runs in, so `var/projects/<slug>` sits beside `var/kroma`."""
-        return Path(self.workspace_root).resolve() if self.workspace_root else Path.cwd().resolve()
+        return _resolved(os.path.join(os.getcwd(), self.workspace_root))
 
     @property
     def workspace(self) -> str:
@@ -82,10 +96,13 @@ _SOURCES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("workspace_root", ("KROMA_WORKSPACE_ROOT",), "storage", "workspace_root"),
     ("allowed_roots", ("KROMA_ALLOWED_ROOTS",), "storage", "allowed_roots"),
     ("upload_max_bytes", ("KROMA_UPLOAD_MAX_BYTES",), "storage", "upload_max_bytes"),
+    ("event_store_url", ("KROMA_EVENT_STORE_URL",), "storage", "event_store_url"),
+    ("event_store_schema", ("KROMA_EVENT_STORE_SCHEMA",), "storage", "event_store_schema"),
     ("run_engine", ("KROMA_RUN_ENGINE",), "runs", "engine"),
     ("run_provider_calls", ("KROMA_RUN_PROVIDER_CALLS",), "runs", "provider_calls"),
     ("run_cpu_workers", ("KROMA_RUN_CPU_WORKERS",), "runs", "cpu_workers"),
     ("run_jobs_in_flight", ("KROMA_RUN_JOBS_IN_FLIGHT",), "runs", "jobs_in_flight"),
+    ("run_runs_in_flight", ("KROMA_RUN_RUNS_IN_FLIGHT",), "runs", "runs_in_flight"),
     ("agent_dispatch", ("KROMA_AGENT_DISPATCH",), "agent", "dispatch"),
     ("agent_api_url", ("KROMA_AGENT_API_URL", "IAT_AGENT_API_URL"), "agent", "api_url"),
     ("agent_api_token", ("KROMA_AGENT_API_TOKEN", "IAT_AGENT_API_TOKEN"), "agent", "api_token"),
@@ -103,6 +120,8 @@ _SOURCES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
         "dispatch_backoff_seconds",
     ),
     ("bind", ("KROMA_BIND", "KROMA_BACKEND_BIND"), "server", "bind"),
+    ("request_max_bytes", ("KROMA_REQUEST_MAX_BYTES",), "server", "request_max_bytes"),
+    ("sse_streams_per_token", ("KROMA_SSE_STREAMS_PER_TOKEN",), "server", "sse_streams_per_token"),
     ("auth_dev_bypass", ("KROMA_API_AUTH_DEV_BYPASS",), "auth", "dev_bypass"),
     (
         "auth_bootstrap_first_token",
@@ -111,6 +130,9 @@ _SOURCES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
         "bootstrap_first_token",
     ),
     ("log_level", ("KROMA_LOG_LEVEL",), "log", "level"),
+    ("s3_concurrency", ("KROMA_S3_CONCURRENCY",), "s3", "concurrency"),
+    ("s3_multipart_threshold", ("KROMA_S3_MULTIPART_THRESHOLD",), "s3", "multipart_threshold"),
+    ("s3_multipart_chunk", ("KROMA_S3_MULTIPART_CHUNK",), "s3", "multipart_chunk"),
 )
 
 

@@ -44,8 +44,11 @@ def in_transaction(db: sqlite3.Connection, fn: Callable[..., T], *args: Any, imm
     db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
     try:
         result = fn(db, *args)
+        db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        # A failed COMMIT (disk full) must not leave the connection inside a transaction, and
+        # SQLite may already have rolled back by itself (SQLITE_FULL, SQLITE_IOERR).
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
     return result

@@ -10,7 +10,7 @@ from kroma.clock import Clock
 from kroma.config import Settings
 from kroma.crypto import pepper
 from kroma.domain.handling import Commands
-from kroma.events.sqlite import SQLiteEventStore
+from kroma.events.factory import create_store
 from kroma.projections.catalog import all_projections
 from kroma.projections.reader import ReadModels
 from kroma.projections.runner import ProjectionRunner
@@ -23,7 +23,7 @@ class Services:
     clock: Clock = field(default_factory=Clock)
 
     def __post_init__(self) -> None:
-        self.store = SQLiteEventStore(self.settings.events_db, self.clock)
+        self.store = create_store(self.settings, self.clock)  # SQLite, or PostgreSQL by event_store_url
         self.runner = ProjectionRunner(self.store, self.settings.readmodels_db, all_projections())
         self.reader = ReadModels(self.settings.readmodels_db)
         self.commands = Commands(self.store, self.clock)
@@ -35,9 +35,10 @@ class Services:
         self.engine = RunEngine(self)
         self.dispatcher = Dispatcher(self)  # agent instructions (pipeline spec §7)
 
-    async def open(self, follow: bool = True, dispatch: bool | None = None) -> None:
+    async def open(self, follow: bool = True, dispatch: bool | None = None, engine: bool | None = None) -> None:
         """Open the store and read models; with `follow`, catch up and keep projecting (and run the
-        engine and, unless `dispatch` is False, the agent dispatcher as the settings say)."""
+        run engine and the agent dispatcher as the settings say, unless `engine` / `dispatch` is
+        False: CLI commands on a server's folder must not work its runs)."""
         self.settings.ensure_data_dir()
         self.fingerprint_key = pepper.load_or_create(self.settings.data_path)
         await self.store.open()
@@ -47,7 +48,7 @@ class Services:
             await self.token_usage.open()
             if follow:
                 await self.runner.start()
-                if self.settings.run_engine:
+                if self.settings.run_engine if engine is None else engine:
                     self.engine.start()
                 if self.settings.agent_dispatch if dispatch is None else dispatch:
                     self.dispatcher.start()

@@ -5,7 +5,10 @@ The URL and token are passed in and never logged or put into an error text by th
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import collections
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +59,35 @@ class Tries:
         return self.count * self.per_try_seconds + pauses
 
 
+class _RedactAgentUrls(logging.Filter):
+    """httpx logs every request's URL at INFO; an agent URL may come from a project secret, so
+    while it is being dispatched to it appears in that log as `<agent_api_url>`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active: collections.Counter[str] = collections.Counter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.active and isinstance(record.args, tuple):
+            record.args = tuple("<agent_api_url>" if str(arg) in self.active else arg for arg in record.args)
+        return True
+
+
+_redact = _RedactAgentUrls()
+logging.getLogger("httpx").addFilter(_redact)
+
+
+@contextmanager
+def _redacted(url: str) -> Iterator[None]:
+    _redact.active[url] += 1
+    try:
+        yield
+    finally:
+        _redact.active[url] -= 1
+        if _redact.active[url] <= 0:
+            del _redact.active[url]
+
+
 def request_body(instruction_id: str, project_slug: str, text: str) -> bytes:
     return msgspec.json.encode(
         {
@@ -97,26 +129,36 @@ async def dispatch(
         headers["Authorization"] = f"Bearer {target.token}"
     timeout = tries.per_try_seconds
     error, status = "", None
-    async with httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=False) as http:
-        for number in range(1, tries.count + 1):
-            if number > 1:
-                await sleep(tries.pause_after(number - 1))
-                if not await proceed():
-                    break
-            try:
-                with anyio.fail_after(timeout):
-                    response = await http.post(target.url, content=body, headers=headers)
-            except (TimeoutError, httpx.TimeoutException):
-                error, status = f"timeout: no response within {timeout:g}s", None
-                continue
-            except (httpx.HTTPError, httpx.InvalidURL) as exc:
-                error, status = str(exc).strip() or type(exc).__name__, None
-                continue
-            if 200 <= response.status_code < 300:
-                return DispatchOutcome(ok=True, http_status=response.status_code, response=parse_response(response.content))
-            status = response.status_code
-            error = f"http_{status}:{response.text[:ERROR_BODY_LIMIT]}"
+    with _redacted(_logged_form(target.url)):
+        async with httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=False) as http:
+            for number in range(1, tries.count + 1):
+                if number > 1:
+                    await sleep(tries.pause_after(number - 1))
+                    if not await proceed():
+                        break
+                try:
+                    with anyio.fail_after(timeout):
+                        response = await http.post(target.url, content=body, headers=headers)
+                except (TimeoutError, httpx.TimeoutException):
+                    error, status = f"timeout: no response within {timeout:g}s", None
+                    continue
+                except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                    error, status = str(exc).strip() or type(exc).__name__, None
+                    continue
+                if 200 <= response.status_code < 300:
+                    parsed = parse_response(response.content)
+                    return DispatchOutcome(ok=True, http_status=response.status_code, response=parsed)
+                status = response.status_code
+                error = f"http_{status}:{response.text[:ERROR_BODY_LIMIT]}"
     return DispatchOutcome(ok=False, http_status=status, error=scrub(error, target) or DISPATCH_FAILED_TEXT)
+
+
+def _logged_form(url: str) -> str:
+    """The URL as httpx writes it into its log."""
+    try:
+        return str(httpx.URL(url))
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return url
 
 
 def scrub(text: str, target: Target) -> str:

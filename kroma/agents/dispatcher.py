@@ -171,6 +171,7 @@ class Dispatcher:
     async def run(self, once: bool = False) -> int:
         """Dispatch until stopped; with `once`, stop after one instruction or when none is due.
         Returns how many instructions this dispatcher processed."""
+        log.info("agent dispatcher %s started (lease %gs)", self.worker_id, self.policy.lease_seconds)
         with anyio.CancelScope() as scope:
             self._scope = scope
             if self._stopped:
@@ -195,7 +196,6 @@ class Dispatcher:
 
     async def run_once(self) -> bool:
         """Reserve the oldest due instruction and dispatch it; False when there was none."""
-        await self.services.settle(await self.store.head())
         reservation = await self.reserve_next()
         if reservation is None:
             return False
@@ -203,6 +203,9 @@ class Dispatcher:
         return True
 
     async def reserve_next(self) -> Reservation | None:
+        """Reserve the oldest due instruction (recording lost attempts of expired leases on the
+        way), once the read model shows the whole log."""
+        await self.services.settle(await self.store.head())
         now = self.clock.now()
         for instruction_id in await read.dispatch_candidates(self.services.reader, now, CANDIDATES_PER_LOOK):
             reservation = await self._take(instruction_id, now)
@@ -300,7 +303,14 @@ class Dispatcher:
             state = fold(events)
             assert state is not None, "a reserved instruction exists"
             event = decide_outcome(
-                state, reservation.lease, outcome, self.clock.now(), self.worker_id, entry_id, self.policy, meta
+                state,
+                reservation.lease,
+                outcome,
+                self.clock.now(),
+                self.worker_id,
+                entry_id,
+                self.policy,
+                meta,
             )
             try:
                 await self.store.append(

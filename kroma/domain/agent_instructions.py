@@ -84,7 +84,13 @@ DEFAULT_MAX_ATTEMPTS = 3  # the reference's column default
 MISSING_URL = "missing_agent_api_url"
 LEASE_EXPIRED = "lease_expired"
 DISPATCH_FAILED_TEXT = "dispatch_failed"  # the error text of a failure that gave none
-REMOTE_STATUSES = {"done": "done", "failed": "failed", "running": "running", "accepted": "done", "queued": "done"}
+REMOTE_STATUSES = {
+    "done": "done",
+    "failed": "failed",
+    "running": "running",
+    "accepted": "done",
+    "queued": "done",
+}
 # The instruction's status for a mapped remote status: `running` is done (see the module docstring).
 RESULT_STATUSES = {"done": "done", "failed": "failed", "running": "done"}
 
@@ -163,7 +169,9 @@ def fold(events: list[Event]) -> InstructionState | None:
         if event.type == CREATED:
             d = event.data
             at = to_seconds(event.recorded_at)
-            state = InstructionState(d["instruction_id"], d["project_id"], "pending", at, d["instruction_text"])
+            state = InstructionState(
+                d["instruction_id"], d["project_id"], "pending", at, d["instruction_text"]
+            )
         elif state is not None:
             _evolve(state, event)
     return state

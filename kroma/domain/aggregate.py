@@ -49,10 +49,16 @@ class ProjectState:
     updated_at: str
     storage: dict[str, Any]
     collections: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    names: dict[str, dict[str, set[str]]] = field(default_factory=dict)
 
     def items(self, kind: str) -> dict[str, dict[str, Any]]:
         """The live entities of one kind (style_guides, characters, ...), keyed by id."""
         return self.collections.setdefault(kind, {})
+
+    def named(self, kind: str) -> dict[str, set[str]]:
+        """name -> ids of the live entities of one kind that have a name, kept by the kind's
+        evolvers: a unique-name rule is one lookup however many records the project holds."""
+        return self.names.setdefault(kind, {})
 
 
 def fold(state: ProjectState | None, events: list[Event]) -> ProjectState | None:

@@ -177,6 +177,15 @@ class _Batch:
         self.recorded_at = recorded_at
         self.events: list[NewEvent] = []
         self.project_updated = False
+        self._names: dict[str, dict[str, str]] = {}  # collection -> name -> key, kept as events fold
+
+    def names(self, kind: RecordKind) -> dict[str, str]:
+        """The unique-name index of a collection of the working state (built once, then kept up
+        to date by `delete` and `upsert`), so each decision is one lookup: linear imports."""
+        index = self._names.get(kind.collection)
+        if index is None:
+            index = self._names[kind.collection] = records.name_index(kind, self.work)
+        return index
 
     def emit(self, event: NewEvent) -> None:
         pending = Event(
@@ -205,14 +214,23 @@ class _Batch:
         self.project_updated = True
 
     def delete(self, kind: RecordKind, key: str) -> None:
+        name = self.work.items(kind.collection).get(key, {}).get("name")
         self.emit(records.decide_delete(kind, self.work, key, self.meta))
+        index = self._names.get(kind.collection)
+        if index is not None and name is not None and index.get(name) == key:
+            del index[name]
 
     def upsert(self, kind: RecordKind, op: Any) -> None:
         fields = _fields(kind, op)
+        names = self.names(kind)
         if op.created:
-            self.emit(records.decide_create(kind, self.work, fields, op.id, self.meta))
+            self.emit(records.decide_create(kind, self.work, fields, op.id, self.meta, names))
         else:
-            self.emit(records.decide_update(kind, self.work, op.id, fields, self.meta))
+            old = self.work.items(kind.collection).get(op.id, {}).get("name")
+            self.emit(records.decide_update(kind, self.work, op.id, fields, self.meta, names))
+            if old is not None and names.get(old) == op.id:
+                del names[old]
+        names[fields["name"]] = op.id
 
     def replace_items(self, op: ReferenceSetItemsReplaced) -> None:
         for item_id in op.removed_item_ids:

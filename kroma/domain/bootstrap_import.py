@@ -874,29 +874,40 @@ def _project_after(before: dict[str, Any], patch: ProjectPatch | None) -> tuple[
     return project, True
 
 
-def _find(rows: list[dict[str, Any]], field: str, value: str) -> int | None:
-    """Exact-case match, as the store's UNIQUE(project_id, name) constraint does."""
-    return next((i for i, row in enumerate(rows) if row.get(field) == value), None)
-
-
-def _put(rows: list[dict[str, Any]], index: int | None, row: dict[str, Any]) -> None:
-    if index is None:
-        rows.append(row)
-    else:
-        rows[index] = row
+_SECRET_FIELDS: Final = ("provider_code", "secret_name")
 
 
 class _Planner:
+    """Rows are matched through per-section indexes (exact-case key -> first row with it, as the
+    store's UNIQUE(project_id, name) constraint matches), so planning is linear in the entries."""
+
     def __init__(self, before: dict[str, Any], now: str, new_id: Callable[[], str]) -> None:
         self.now, self.new_id = now, new_id
         self.project_id = before["project"]["id"]
         self.after = copy.deepcopy(before)
         self.ops: list[Operation] = []
+        self._indexes: dict[str, tuple[tuple[str, ...], dict[tuple[Any, ...], int]]] = {}
+
+    def _index(self, section: str, fields: tuple[str, ...]) -> dict[tuple[Any, ...], int]:
+        known = self._indexes.get(section)
+        if known is None or known[0] != fields:
+            index: dict[tuple[Any, ...], int] = {}
+            for i, row in enumerate(self.after[section]):
+                index.setdefault(tuple(row.get(f) for f in fields), i)
+            known = self._indexes[section] = (fields, index)
+        return known[1]
 
     def _row(self, section: str, field: str, value: str) -> tuple[int | None, dict[str, Any] | None]:
+        index = self._index(section, (field,)).get((value,))
+        return index, None if index is None else self.after[section][index]
+
+    def _put(self, section: str, field: str, index: int | None, row: dict[str, Any]) -> None:
         rows = self.after[section]
-        index = _find(rows, field, value)
-        return index, None if index is None else rows[index]
+        if index is None:
+            self._index(section, (field,)).setdefault((row.get(field),), len(rows))
+            rows.append(row)
+        else:
+            rows[index] = row
 
     def _ids(self, existing: dict[str, Any] | None) -> tuple[bool, str, str]:
         if existing is None:
@@ -911,6 +922,7 @@ class _Planner:
             key = row["provider_code"] if section == "provider_accounts" else row["id"]
             self.ops.append(Delete(kind, key))
         self.after[section] = []
+        self._indexes.pop(section, None)
 
     def provider(self, spec: ProviderAccountSpec) -> None:
         index, existing = self._row("provider_accounts", "provider_code", spec.provider_code)
@@ -929,7 +941,7 @@ class _Planner:
         self.ops.append(op)
         row = {"project_id": self.project_id, **fields_of(op)}
         del row["created"]
-        _put(self.after["provider_accounts"], index, row)
+        self._put("provider_accounts", "provider_code", index, row)
 
     def named(self, section: str, spec: Any, op_type: type) -> None:
         index, existing = self._row(section, "name", spec.name)
@@ -938,7 +950,7 @@ class _Planner:
         op = op_type(created=created, id=id_, created_at=created_at, updated_at=self.now, **fields)
         self.ops.append(op)
         row = {"id": id_, "project_id": self.project_id, **fields}
-        _put(self.after[section], index, {**row, "created_at": created_at, "updated_at": self.now})
+        self._put(section, "name", index, {**row, "created_at": created_at, "updated_at": self.now})
 
     def reference_set(self, spec: ReferenceSetSpec) -> None:
         index, existing = self._row("reference_sets", "name", spec.name)
@@ -973,20 +985,15 @@ class _Planner:
             "updated_at": self.now,
             "items": item_rows,
         }
-        _put(self.after["reference_sets"], index, row)
+        self._put("reference_sets", "name", index, row)
 
     def secret(self, spec: SecretSpec) -> None:
         rows = self.after["secrets"]
-        index = next(
-            (
-                i
-                for i, row in enumerate(rows)
-                if row["provider_code"] == spec.provider_code and row["secret_name"] == spec.secret_name
-            ),
-            None,
-        )
+        found = self._index("secrets", _SECRET_FIELDS)
+        index = found.get((spec.provider_code, spec.secret_name))
         if index is None:
             self.ops.append(SecretMetadataCreated(spec.provider_code, spec.secret_name, self.now))
+            found[(spec.provider_code, spec.secret_name)] = len(rows)
             rows.append(
                 {
                     "project_id": self.project_id,

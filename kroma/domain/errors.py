@@ -44,6 +44,18 @@ class Forbidden(KromaError):
     code = "forbidden"
 
 
+class Conflict(KromaError):
+    """409 infra/concurrency_conflict: the command lost every retry against concurrent changes to
+    the same records. Nothing of it was written, so the request can be sent again as it is."""
+
+    status = 409
+    kind = "infra"
+    code = "concurrency_conflict"
+
+    def __init__(self, message: str = "Concurrent changes conflicted with this request; retry it") -> None:
+        super().__init__(message)
+
+
 class Internal(KromaError):
     """500 infra/internal_error; the message is always sanitised."""
 
@@ -52,6 +64,20 @@ class Internal(KromaError):
     code = "internal_error"
 
     def __init__(self, message: str = "Internal server error") -> None:
+        super().__init__(message)
+
+
+class StorageUnavailable(KromaError):
+    """503 infra/storage_unavailable: the disk is full or the data folder cannot be written (or is
+    locked). Nothing was half-written; the same request can be retried once space returns."""
+
+    status = 503
+    kind = "infra"
+    code = "storage_unavailable"
+
+    def __init__(
+        self, message: str = "Storage is unavailable (disk full or data folder not writable); retry later"
+    ) -> None:
         super().__init__(message)
 
 

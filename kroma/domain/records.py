@@ -146,10 +146,23 @@ def find(kind: RecordKind, state: ProjectState, key: str) -> dict[str, Any]:
     return record
 
 
-def _ensure_unique_name(kind: RecordKind, state: ProjectState, name: str, own_key: str | None) -> None:
-    for key, record in state.items(kind.collection).items():
-        if key != own_key and record["name"] == name:  # case-sensitive, like the reference
+def _ensure_unique_name(
+    kind: RecordKind, state: ProjectState, name: str, own_key: str | None, names: Mapping[str, str] | None
+) -> None:
+    """Case-sensitive, like the reference. `names` (name -> key of the collection, kept by a
+    caller deciding many records at once, such as the bootstrap import) makes it one lookup."""
+    if names is not None:
+        holder = names.get(name)
+        if holder is not None and holder != own_key:
             raise ValidationError(kind.duplicate)
+        return
+    if any(key != own_key for key in state.named(kind.collection).get(name, ())):
+        raise ValidationError(kind.duplicate)
+
+
+def name_index(kind: RecordKind, state: ProjectState) -> dict[str, str]:
+    """name -> key for the records of `kind`: the index `decide_create`/`decide_update` take."""
+    return {record["name"]: key for key, record in state.items(kind.collection).items()}
 
 
 def event(
@@ -165,19 +178,29 @@ def event(
 
 
 def decide_create(
-    kind: RecordKind, state: ProjectState, values: Mapping[str, Any], new_id: str, meta: Metadata
+    kind: RecordKind,
+    state: ProjectState,
+    values: Mapping[str, Any],
+    new_id: str,
+    meta: Metadata,
+    names: Mapping[str, str] | None = None,
 ) -> NewEvent:
-    _ensure_unique_name(kind, state, values["name"], None)
+    _ensure_unique_name(kind, state, values["name"], None, names)
     return event(kind, "created", state, new_id, values, meta)
 
 
 def decide_update(
-    kind: RecordKind, state: ProjectState, key: str, patch: Mapping[str, Any], meta: Metadata
+    kind: RecordKind,
+    state: ProjectState,
+    key: str,
+    patch: Mapping[str, Any],
+    meta: Metadata,
+    names: Mapping[str, str] | None = None,
 ) -> NewEvent:
     find(kind, state, key)
     check_patch(kind, patch)
     if "name" in patch:
-        _ensure_unique_name(kind, state, patch["name"], key)
+        _ensure_unique_name(kind, state, patch["name"], key, names)
     return event(kind, "updated", state, key, patch, meta)
 
 
@@ -196,18 +219,37 @@ def register(kind: RecordKind) -> RecordKind:
     def values(d: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in d.items() if k not in ("project_id", kind.id_key)}
 
+    def rename(state: ProjectState, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        """Keep `state.named(...)` in step with a record going from `old` to `new` (None: absent)."""
+        before, after = (old or {}).get("name"), (new or {}).get("name")
+        if before == after and old is not None:
+            return
+        names = state.named(kind.collection)
+        if before is not None and (holders := names.get(before)) is not None:
+            holders.discard(key)
+            if not holders:
+                del names[before]
+        if after is not None:
+            names.setdefault(after, set()).add(key)
+
     @evolves(kind.event_type("created"), kind.event_type("replaced"))
     def _set(state: ProjectState, d: dict[str, Any], _e: Any) -> None:
-        state.items(kind.collection)[d[kind.id_key]] = values(d)
+        rows, key = state.items(kind.collection), d[kind.id_key]
+        old, rows[key] = rows.get(key), values(d)
+        rename(state, key, old, rows[key])
 
     @evolves(kind.event_type("updated"))
     def _update(state: ProjectState, d: dict[str, Any], _e: Any) -> None:
-        record = state.items(kind.collection).get(d[kind.id_key])
+        key = d[kind.id_key]
+        record = state.items(kind.collection).get(key)
         if record is not None:
+            old = {"name": record.get("name")} if "name" in record else None
             record.update(values(d))
+            rename(state, key, old, record)
 
     @evolves(kind.event_type("deleted"))
     def _delete(state: ProjectState, d: dict[str, Any], _e: Any) -> None:
-        state.items(kind.collection).pop(d[kind.id_key], None)
+        key = d[kind.id_key]
+        rename(state, key, state.items(kind.collection).pop(key, None), None)
 
     return kind

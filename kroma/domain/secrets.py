@@ -9,8 +9,9 @@ key (`kroma.vault`); the event carries only the `enc:v1:` ciphertext and the dat
 - `secret.declared` {project_id, provider_code, secret_name}: a metadata-only row (bootstrap
   import): a new row has an empty value (has_value false, key_ref `local-master`); an existing row
   only has its updated_at bumped, its value is never overwritten.
-- `secret.deleted` {project_id, provider_code, secret_name, key_id, path_provider_code,
-  path_secret_name (the raw path values, for the audit trail)}: the row goes; the caller
+- `secret.deleted` (schema v2) {project_id, provider_code, secret_name, key_id, path_provider_code,
+  path_secret_name (the raw path values, for the audit trail; v1 events lack them and are upcast
+  on read, see `kroma.events.upcasting`)}: the row goes; the caller
   then destroys the data key, and every ciphertext of that value left in the log is undecryptable
   (crypto-shredding; the hash chain is untouched).
 - `secrets.rotated` {project_id, from_key_ref, force, target_key_ref, <counters>, secrets[]}:
@@ -36,6 +37,7 @@ from kroma.domain.aggregate import ProjectState, evolves, project_stream
 from kroma.domain.errors import NotFound, required
 from kroma.domain.slugs import normalize_slug
 from kroma.events.envelope import Event, Metadata, NewEvent
+from kroma.events.upcasting import current_version
 
 COLLECTION = "secrets"
 NOT_FOUND = "Secret not found"
@@ -141,9 +143,11 @@ def decide_delete(
         "secret_name": name,
         "key_id": existing["key_id"],
     }
-    if path is not None:
-        data["path_provider_code"], data["path_secret_name"] = path
-    return NewEvent(project_stream(state.id), "secret.deleted", data, meta), existing["key_id"]
+    data["path_provider_code"], data["path_secret_name"] = path if path is not None else (code, name)
+    event = NewEvent(
+        project_stream(state.id), "secret.deleted", data, meta, schema_version=current_version("secret.deleted")
+    )
+    return event, existing["key_id"]
 
 
 @dataclass

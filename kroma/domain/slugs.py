@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 
 def normalize_slug(value: str | None) -> str | None:
     """The contract's slug rule, or None when nothing usable is left.
@@ -11,6 +13,11 @@ def normalize_slug(value: str | None) -> str | None:
     """
     if value is None:
         return None
+    return _normalized(value)
+
+
+@lru_cache(maxsize=4096)  # every request normalises its path's slug, often more than once
+def _normalized(value: str) -> str | None:
     out: list[str] = []
     in_run = False
     for ch in value.strip().lower():

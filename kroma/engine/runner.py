@@ -41,6 +41,7 @@ from kroma.engine.trigger import summary_stdout
 from kroma.events.envelope import Event, Metadata, NewEvent
 from kroma.events.store import AppendResult
 from kroma.imaging import provenance, qa
+from kroma.storage import post_run
 
 log = logging.getLogger("kroma.engine")
 FOLLOWED = (ev.RUN_REQUESTED, ev.RUN_CANCEL_REQUESTED)
@@ -130,6 +131,9 @@ class RunEngine:
         self.provider_calls = anyio.CapacityLimiter(max(1, settings.run_provider_calls))
         self.cpu = anyio.CapacityLimiter(max(1, settings.run_cpu_workers or os.cpu_count() or 1))
         self.jobs_in_flight = max(1, settings.run_jobs_in_flight)
+        # Runs worked at once: a later run waits (still `queued`) for a slot, so a burst of
+        # triggers never holds every run's providers, files and tasks in memory at once.
+        self.runs_in_flight = anyio.CapacityLimiter(max(1, settings.run_runs_in_flight))
         self.prices = pricing.load_prices(self.app_root)
         self._active: dict[str, RunContext | None] = {}
         self._ended: dict[str, asyncio.Event] = {}
@@ -161,6 +165,8 @@ class RunEngine:
             self._tg = tg
             for row in unfinished:
                 self._launch(row["id"])
+            for run_id in await post_run.due(self.services):  # a post-run S3 sync cut short by a stop
+                self._launch(run_id)
             await self._follow(head)
 
     async def _follow(self, position: int) -> None:
@@ -196,7 +202,9 @@ class RunEngine:
 
     async def _guarded(self, run_id: str) -> None:
         try:
-            await self._work(run_id)
+            async with self.runs_in_flight:
+                await self._work(run_id)
+            await post_run.sync_after_run(self.services, run_id)  # §4.9: never changes the run's outcome
         except Exception:
             log.exception("run %s: the engine failed", run_id)
             await self._end_after_crash(run_id)

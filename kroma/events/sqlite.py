@@ -24,7 +24,7 @@ import msgspec
 
 from kroma import dbthread
 from kroma.clock import Clock
-from kroma.events import codec
+from kroma.events import codec, upcasting, verification
 from kroma.events.envelope import Event, ExpectedVersion, Metadata, NewEvent
 from kroma.events.store import AppendResult, ConcurrencyConflict, IdempotencyMismatch
 
@@ -87,7 +87,11 @@ class _WriterState:
 
 
 def _row_to_event(row: Sequence[Any]) -> Event:
+    """A stored row as the Event readers see: data upcast to its type's newest shape."""
     pos, eid, sid, sver, typ, schema, data, meta, rec, digest = row
+    decoded = msgspec.json.decode(data)
+    if typ in upcasting.EVOLVED:
+        schema, decoded = upcasting.upcast(typ, schema, decoded)
     return Event(
         position=pos,
         event_id=eid,
@@ -95,7 +99,7 @@ def _row_to_event(row: Sequence[Any]) -> Event:
         stream_version=sver,
         type=typ,
         schema_version=schema,
-        data=msgspec.json.decode(data),
+        data=decoded,
         metadata=_meta_decoder.decode(meta),
         recorded_at=rec,
         hash=digest.hex(),
@@ -156,11 +160,32 @@ class SQLiteEventStore:
         idempotency_key: str | None = None,
         fingerprint: str = "",
     ) -> AppendResult:
+        await self.wait_for_room()
+        return await self.submit(events, expected, idempotency_key=idempotency_key, fingerprint=fingerprint)
+
+    #: Commands queued for the writer at most; an appender past it waits (back-pressure) until
+    #: the writer has taken and committed a batch, so the queue never grows without bound.
+    max_pending = 4096
+
+    async def wait_for_room(self) -> None:
+        """Return once the writer's queue has room (at once, nearly always)."""
+        while len(self._pending) >= self.max_pending and not self._closing:
+            await self._committed.wait()
+
+    def submit(
+        self,
+        events: Sequence[NewEvent],
+        expected: Mapping[str, int] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str = "",
+        recorded_at: str | None = None,
+    ) -> asyncio.Future[AppendResult]:
         if not events:
             raise ValueError("append needs at least one event")
         if self._closing or self._writer_task is None:
             raise RuntimeError("event store is not open")
-        now = self.clock.now_iso()
+        now = recorded_at or self.clock.now_iso()
         rows = [
             (
                 e.event_id or self.clock.event_id(),
@@ -176,7 +201,15 @@ class SQLiteEventStore:
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         self._pending.append(_Command(rows, expected or {}, idempotency_key, fingerprint, future))
         self._wake.set()
-        return await future
+        return future
+
+    def known_version(self, stream_id: str) -> int | None:
+        """The stream's version as the writer last saw it, without I/O (None: not looked at yet).
+
+        A hint, current with every append this store made or checked (appends by another process
+        show from the writer's next batch on): a command decided on a stale one conflicts. The
+        writer thread updates the versions; reading one entry from the event loop is safe."""
+        return self._state.versions.get(stream_id)
 
     async def save_response(self, idempotency_key: str, response: bytes) -> None:
         if self._closing or self._writer_task is None:  # no writer would ever resolve the future
@@ -257,7 +290,8 @@ class SQLiteEventStore:
                 db.executemany("UPDATE idempotency SET response = ? WHERE key = ?", responses)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite rolls back by itself on SQLITE_FULL / SQLITE_IOERR
+                db.execute("ROLLBACK")
             self._state.versions.clear()
             self._state.head_position, self._state.head_hash = -1, b""
             self._load_head(db)
@@ -365,17 +399,24 @@ class SQLiteEventStore:
         assert self._reader_conn is not None, "event store is not open"
         return await dbthread.run(self._reader_conn, lambda db: db.execute(sql, params).fetchall())
 
+    async def _fetch_events(self, sql: str, params: Sequence[Any]) -> list[Event]:
+        """Rows decoded into Events in the reader's thread, so a large page (a rebuild reads many)
+        is decoded off the event loop and beside the work of other threads."""
+        assert self._reader_conn is not None, "event store is not open"
+        return await dbthread.run(
+            self._reader_conn, lambda db: [_row_to_event(r) for r in db.execute(sql, params)]
+        )
+
     async def lookup_idempotency(self, key: str) -> tuple[str, AppendResult] | None:
         assert self._reader_conn is not None, "event store is not open"
         return await dbthread.run(self._reader_conn, self._lookup_key, key)
 
     async def read_stream(self, stream_id: str, after_version: int = 0) -> list[Event]:
-        rows = await self._fetch(
+        return await self._fetch_events(
             f"SELECT {COLUMNS} FROM events WHERE stream_id = ? AND stream_version > ?"
             " ORDER BY stream_version",
             (stream_id, after_version),
         )
-        return [_row_to_event(r) for r in rows]
 
     async def stream_version(self, stream_id: str) -> int:
         rows = await self._fetch("SELECT max(stream_version) FROM events WHERE stream_id = ?", (stream_id,))
@@ -386,31 +427,27 @@ class SQLiteEventStore:
     ) -> list[Event]:
         if types:
             marks = ",".join("?" * len(types))
-            rows = await self._fetch(
+            return await self._fetch_events(
                 f"SELECT {COLUMNS} FROM events WHERE position > ? AND type IN ({marks})"
                 " ORDER BY position LIMIT ?",
                 (after, *types, limit),
             )
-        else:
-            rows = await self._fetch(
-                f"SELECT {COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
-                (after, limit),
-            )
-        return [_row_to_event(r) for r in rows]
+        return await self._fetch_events(
+            f"SELECT {COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?", (after, limit)
+        )
 
     async def read_positions(self, positions: Sequence[int]) -> list[Event]:
         if not positions:
             return []
         marks = ",".join("?" * len(positions))
-        rows = await self._fetch(
+        return await self._fetch_events(
             f"SELECT {COLUMNS} FROM events WHERE position IN ({marks}) ORDER BY position",
             tuple(positions),
         )
-        return [_row_to_event(r) for r in rows]
 
     async def read_event(self, event_id: str) -> Event | None:
-        rows = await self._fetch(f"SELECT {COLUMNS} FROM events WHERE event_id = ?", (event_id,))
-        return _row_to_event(rows[0]) if rows else None
+        found = await self._fetch_events(f"SELECT {COLUMNS} FROM events WHERE event_id = ?", (event_id,))
+        return found[0] if found else None
 
     async def head(self) -> int:
         rows = await self._fetch("SELECT max(position) FROM events", ())
@@ -421,8 +458,11 @@ class SQLiteEventStore:
         if self._visible_head > after:
             return self._visible_head
         committed = self._committed
+        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that arrives as the
+        # commit lands, and a follower being closed then never stops (kroma worker hung on exit).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(committed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await committed.wait()
         if self._visible_head <= after:
             await self.head()  # appends by another process are seen by polling
         return self._visible_head
@@ -438,12 +478,29 @@ class SQLiteEventStore:
             await self.wait_for_append(position, self.poll_interval)
 
     async def verify_chain(self, page: int = 5000) -> int:
-        position, prev = 0, codec.GENESIS
-        while True:
-            rows = await self._fetch(
-                f"SELECT {COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
-                (position, page),
-            )
-            if not rows:
-                return position
-            position, prev = codec.verify_rows(rows, prev, position)
+        """Walks the log on a connection of its own in a worker thread, so neither the event loop
+        nor the store's reader is held while a large log is hashed."""
+        return await asyncio.to_thread(verification.verify_file, self.path, page)
+
+    def page_reader(self) -> PageReader:
+        """A synchronous reader of pages of this log on a connection of its own, for work that runs
+        whole in one worker thread (a rebuild): no event-loop hop and no thread switch per page."""
+        return PageReader(self.path)
+
+
+class PageReader:
+    """Pages of the log read and decoded (and upcast) in the calling thread."""
+
+    def __init__(self, path: str) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout=5000")
+
+    def read(self, after: int, limit: int) -> list[Event]:
+        """Events with position > after, in position order, at most `limit`."""
+        rows = self._db.execute(
+            f"SELECT {COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?", (after, limit)
+        )
+        return [_row_to_event(r) for r in rows]
+
+    def close(self) -> None:
+        self._db.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Protocol
 
@@ -61,6 +62,24 @@ class EventStore(Protocol):
         ConcurrencyConflict. With an idempotency key, a retry of the same command (same
         fingerprint) returns the first result without appending; another fingerprint raises
         IdempotencyMismatch.
+        """
+        ...
+
+    def submit(
+        self,
+        events: Sequence[NewEvent],
+        expected: Mapping[str, int] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str = "",
+        recorded_at: str | None = None,
+    ) -> asyncio.Future[AppendResult]:
+        """`append` without waiting: queue the command now and return the future of its result.
+
+        Commands submitted one after another (with no await between them) are decided in that
+        order, in one transaction when the writer has room, so a caller can chain expected
+        versions across them. `recorded_at` (default: the store's clock, now) is every event's
+        timestamp, for a caller that must know it before the command commits.
         """
         ...
 

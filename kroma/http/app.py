@@ -10,16 +10,16 @@ from contextlib import asynccontextmanager
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
 
 from kroma import __version__
 from kroma.config import Settings
+from kroma.http import docs
 from kroma.http.auth import AuthMiddleware
 from kroma.http.deps import get_services
 from kroma.http.errors import to_response
-from kroma.http.middleware import RequestContextMiddleware
+from kroma.http.middleware import RequestContextMiddleware, StrictBodyMiddleware, options_allow
 from kroma.http.routes.catalog import all_routes
+from kroma.http.streams import StreamSlots
 from kroma.services import Services
 
 # The reference catalog's size: /health reports it (contract §0).
@@ -38,22 +38,25 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             await services.close()
 
     app = Litestar(
-        route_handlers=all_routes(),
+        route_handlers=[*all_routes(), docs.assets_router()],
         dependencies={"services": Provide(get_services, sync_to_thread=False)},
         # Outermost first: 401/403 before the request context, idempotency and body parsing.
-        middleware=[DefineMiddleware(AuthMiddleware), DefineMiddleware(RequestContextMiddleware)],
+        middleware=[
+            DefineMiddleware(AuthMiddleware),
+            DefineMiddleware(RequestContextMiddleware),
+            DefineMiddleware(StrictBodyMiddleware),  # the reference's strict JSON types
+        ],
         exception_handlers={Exception: to_response},
         lifespan=[lifespan],
-        openapi_config=OpenAPIConfig(
-            title="Kroma API",
-            version=__version__,
-            path="/docs",
-            render_plugins=[ScalarRenderPlugin()],
-        ),
+        openapi_config=docs.openapi_config("Kroma API", __version__),  # offline page, real statuses
+        request_max_body_size=settings.request_max_bytes,  # uploads have their own (upload_max_bytes)
         debug=False,
         logging_config=None,
     )
+    docs.install(app)
+    app.before_send.append(options_allow(app.routes))
     app.state.services = services
+    app.state.stream_slots = StreamSlots(settings.sse_streams_per_token)
     app.state.started_unix_ms = int(time.time() * 1000)
     app.state.route_count = CONTRACT_ROUTE_COUNT
     logging.getLogger("kroma").setLevel(settings.log_level.upper())

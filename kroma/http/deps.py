@@ -36,6 +36,16 @@ async def project_row(services: Services, slug: str, not_found: str = "Project n
     return row
 
 
+async def project_id(services: Services, slug: str, not_found: str = "Project not found") -> str:
+    """The id of the project at a path slug (normalised first), or the handler's 404: what a
+    command needs before `on_project`, which decides against the project's current state itself.
+    (A slug names its project from the project's first event on, and never moves.)"""
+    found = await services.commands.project_id_for_slug(slug)
+    if found is None:
+        raise NotFound(not_found)
+    return found
+
+
 async def project_state(services: Services, slug: str, not_found: str = "Project not found") -> ProjectState:
     """The authoritative project state for a command, or the handler's 404."""
     state, _version = await services.commands.project_by_slug(slug)

@@ -13,9 +13,11 @@ from litestar.exceptions import (
     NotFoundException,
     ValidationException,
 )
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
-from kroma.domain.errors import Internal, KromaError, ValidationError
+from kroma.domain.errors import Internal, KromaError, StorageUnavailable, ValidationError
 from kroma.events.store import IdempotencyMismatch
+from kroma.faults import storage_fault
 from kroma.http import responses
 
 log = logging.getLogger("kroma.http")
@@ -33,6 +35,24 @@ def describe_decode_error(detail: str) -> str:
     if "malformed" in detail.lower() or "json" in detail.lower() or "truncated" in detail.lower():
         return "Request body is not valid JSON"
     return "Request body must be a JSON object"
+
+
+class PayloadTooLarge(KromaError):
+    """413 validation/payload_too_large: a request body over its route's limit."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+def too_large(limit: int | None) -> PayloadTooLarge:
+    return PayloadTooLarge(f"Request body exceeds the size limit of {limit} bytes" if limit else "Request body is too large")
+
+
+def request_limit(request: Request) -> int | None:
+    try:
+        return request.route_handler.resolve_request_max_body_size()
+    except Exception:  # no route (cannot happen for a body that was read): say it without the number
+        return None
 
 
 def _validation_message(exc: ValidationException) -> str:
@@ -59,7 +79,23 @@ def _body_nested_too_deep(exc: Exception) -> bool:
     )
 
 
+RETRY_AFTER_SECONDS = "5"
+
+
+def storage_unavailable(request: Request, exc: BaseException) -> Response[bytes]:
+    """503 in the contract's shape, with `Retry-After`; the cause goes to the log only."""
+    log.error("storage unavailable on %s %s: %s", request.method, request.url.path, exc)
+    response = responses.error(StorageUnavailable())
+    response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+    return response
+
+
 def to_response(request: Request, exc: Exception) -> Response[bytes]:
+    if isinstance(exc, StorageUnavailable):
+        return storage_unavailable(request, exc)
+    fault = storage_fault(exc) if not isinstance(exc, KromaError) or exc.status >= 500 else None
+    if fault is not None:
+        return storage_unavailable(request, fault)
     if isinstance(exc, KromaError):
         if exc.status >= 500:
             log.error("internal error on %s %s: %s", request.method, request.url.path, exc.message)
@@ -78,7 +114,11 @@ def to_response(request: Request, exc: Exception) -> Response[bytes]:
     if isinstance(exc, NotFoundException):
         return responses.error(KromaError("Route not found", status=404, code="not_found"))
     if isinstance(exc, MethodNotAllowedException):
-        return responses.error(KromaError("Method not allowed", status=405, code="method_not_allowed"))
+        response = responses.error(KromaError("Method not allowed", status=405, code="method_not_allowed"))
+        response.headers.update(exc.headers or {})  # `Allow`: the methods the path has (RFC 9110)
+        return response
+    if isinstance(exc, RequestEntityTooLarge):
+        return responses.error(too_large(request_limit(request)))
     if isinstance(exc, HTTPException) and exc.status_code == 400:
         return responses.error(ValidationError(describe_decode_error(str(exc.detail))))
     if isinstance(exc, HTTPException) and exc.status_code < 500:

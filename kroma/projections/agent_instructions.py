@@ -88,7 +88,15 @@ class AgentInstructionsProjection:
             db.execute(
                 "INSERT INTO agent_instructions (id, project_id, instruction_text, status, created_at,"
                 " updated_at, position) VALUES (?,?,?,?,?,?,?)",
-                (d["instruction_id"], d["project_id"], d["instruction_text"], "pending", at, at, event.position),
+                (
+                    d["instruction_id"],
+                    d["project_id"],
+                    d["instruction_text"],
+                    "pending",
+                    at,
+                    at,
+                    event.position,
+                ),
             )
         elif event.type == CONFIRMED:
             db.execute(

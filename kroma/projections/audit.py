@@ -24,6 +24,8 @@ import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import msgspec
+
 from kroma.events.envelope import Event
 from kroma.projections.reader import ReadModels
 
@@ -95,15 +97,33 @@ def _counts_only(value: Any) -> bool:
     return True
 
 
+_PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
+_SHOWN_KEYS: dict[str, bool] = {}  # key -> whether a scalar under it is shown (remembered per key)
+
+
+def _shown(key: str) -> bool:
+    shown = key not in DENIED and (key in SAFE or (key.endswith("_id") and key != "key_id"))
+    if len(_SHOWN_KEYS) < 10_000:
+        _SHOWN_KEYS[key] = shown
+    return shown
+
+
 def _generic_summary(data: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if key in DENIED:
+        kind = type(value)
+        if kind in _PLAIN_SCALARS:
+            shown = _SHOWN_KEYS.get(key)
+            if shown is None:
+                shown = _shown(key)
+            if shown:
+                out[key] = value
+        elif key in DENIED:
             continue
-        scalar = value is None or isinstance(value, str | int | float | bool)
-        safe_scalar = scalar and (key in SAFE or (key.endswith("_id") and key != "key_id"))
-        counts = isinstance(value, Mapping | list) and bool(value) and _counts_only(value)
-        if safe_scalar or counts:
+        elif kind is dict or kind is list or isinstance(value, Mapping | list):
+            if value and _counts_only(value):
+                out[key] = value
+        elif isinstance(value, str | int | float | bool) and _shown(key):
             out[key] = value
     return out
 
@@ -116,11 +136,8 @@ def _pick(*keys: str) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
 SUMMARIES: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "secret.set": _pick("provider_code", "secret_name", "key_ref"),
     "secret.declared": _pick("provider_code", "secret_name"),
-    # The contract's delete payload: the path's own spelling (normalised for older events).
-    "secret.deleted": lambda d: {
-        "provider_code": d.get("path_provider_code", d.get("provider_code")),
-        "secret_name": d.get("path_secret_name", d.get("secret_name")),
-    },
+    # The contract's delete payload: the path's own spelling (schema v2; v1 events are upcast).
+    "secret.deleted": lambda d: {"provider_code": d["path_provider_code"], "secret_name": d["path_secret_name"]},
     "secrets.rotated": _pick(
         "from_key_ref",
         "force",
@@ -137,47 +154,62 @@ SUMMARIES: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
 }
 
 
+_ENTITY_RULES: dict[str, tuple[str, str, tuple[str, ...]]] = {}
+
+
+def _entity_rule(type_: str) -> tuple[str, str, tuple[str, ...]]:
+    """(entity type, how its id is found, the keys to try) for an event type (remembered)."""
+    rule = _ENTITY_RULES.get(type_)
+    if rule is None:
+        prefix = type_.split(".", 1)[0]
+        entity = _ENTITY_ALIASES.get(prefix, prefix)
+        if prefix == "secret":
+            how = "secret"
+        elif prefix == "provider_account":
+            how = "provider_code"
+        elif entity in _PROJECT_LEVEL:
+            how = "project_id"
+        else:
+            how = "keys"
+        rule = (entity, how, (f"{prefix}_id", f"{prefix.rsplit('_', 1)[-1]}_id", "id"))
+        if len(_ENTITY_RULES) < 10_000:
+            _ENTITY_RULES[type_] = rule
+    return rule
+
+
+def _entity_id(d: Mapping[str, Any], how: str, keys: tuple[str, ...]) -> str | None:
+    if how == "secret":
+        return f"{d.get('provider_code')}/{d.get('secret_name')}"
+    if how != "keys":
+        return d.get(how)
+    for key in keys:
+        value = d.get(key)
+        if isinstance(value, str):
+            return value
+    return next(
+        (v for k, v in d.items() if k.endswith("_id") and k not in _NOT_ENTITY_IDS and isinstance(v, str)),
+        None,
+    )
+
+
 def summarize(event: Event) -> tuple[str, str | None, dict[str, Any]]:
     """(entity_type, entity_id, summary) of one event, from safe fields only."""
     d = event.data
-    prefix = event.type.split(".", 1)[0]
-    entity = _ENTITY_ALIASES.get(prefix, prefix)
-    entity_id: str | None
-    if prefix == "secret":
-        entity_id = f"{d.get('provider_code')}/{d.get('secret_name')}"
-    elif prefix == "provider_account":
-        entity_id = d.get("provider_code")
-    elif entity in _PROJECT_LEVEL:
-        entity_id = d.get("project_id")
-    else:
-        entity_id = None
-        for key in (f"{prefix}_id", f"{prefix.rsplit('_', 1)[-1]}_id", "id"):
-            if isinstance(d.get(key), str):
-                entity_id = d[key]
-                break
-        else:
-            entity_id = next(
-                (
-                    v
-                    for k, v in d.items()
-                    if k.endswith("_id") and k not in _NOT_ENTITY_IDS and isinstance(v, str)
-                ),
-                None,
-            )
+    entity, how, keys = _entity_rule(event.type)
     builder = SUMMARIES.get(event.type)
     summary = builder(d) if builder is not None else _generic_summary(d)
-    return entity, entity_id, summary
+    return entity, _entity_id(d, how, keys), summary
 
 
 class AuditProjection:
     name = "audit"
-    version = 1
+    version = 2
     tables = ("audit_entries",)
     handles = None
     schema = """
     CREATE TABLE audit_entries (
         position      INTEGER PRIMARY KEY,
-        event_id      TEXT NOT NULL UNIQUE,
+        event_id      TEXT NOT NULL,
         group_id      TEXT NOT NULL UNIQUE,
         project_id    TEXT,
         type          TEXT NOT NULL,
@@ -195,41 +227,94 @@ class AuditProjection:
     """
 
     def apply(self, db: sqlite3.Connection, event: Event) -> None:
-        meta = event.metadata
-        group = meta.correlation_id or event.event_id
-        project_id = event.data.get("project_id")
-        project_id = project_id if isinstance(project_id, str) else None
-        entity, entity_id, summary = summarize(event)
-        found = db.execute("SELECT position FROM audit_entries WHERE group_id = ?", (group,)).fetchone()
-        if found is None:
-            db.execute(
-                "INSERT INTO audit_entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,1)",
-                (
-                    event.position,
-                    event.event_id,
-                    group,
-                    project_id,
-                    event.type,
-                    meta.actor_user_id,
-                    meta.token_id,
-                    meta.request_id,
-                    event.recorded_at,
-                    entity,
-                    entity_id,
-                    json.dumps(summary, sort_keys=True),
-                ),
+        self.apply_many(db, [event])
+
+    def apply_many(self, db: sqlite3.Connection, events: list[Event]) -> None:
+        """Fold a page: the rows folding it event by event would leave (first event of a command
+        inserts its entry, later ones count and may fill the project or set the summary), with one
+        lookup per page and one write per command."""
+        groups: dict[str, list[Any]] = {}  # group -> [first event, count, project id, summary event]
+        for event in events:
+            group = event.metadata.correlation_id or event.event_id
+            project_id = event.data.get("project_id")
+            if type(project_id) is not str:
+                project_id = project_id if isinstance(project_id, str) else None
+            summary_event = event if event.type in SUMMARY_TYPES else None
+            entry = groups.get(group)
+            if entry is None:
+                groups[group] = [event, 1, project_id, summary_event]
+                continue
+            entry[1] += 1
+            if entry[2] is None:
+                entry[2] = project_id
+            if summary_event is not None:
+                entry[3] = summary_event
+        existing = self._existing(db, list(groups))
+        inserts: list[tuple[Any, ...]] = []
+        counts: list[tuple[Any, ...]] = []
+        summaries: list[tuple[Any, ...]] = []
+        for group, (first, count, project_id, summary_event) in groups.items():
+            found = existing.get(group)
+            if found is None:
+                shown = summary_event or first
+                entity, entity_id, summary = summarize(shown)
+                meta = first.metadata
+                inserts.append(
+                    (
+                        first.position,
+                        first.event_id,
+                        group,
+                        project_id,
+                        shown.type,
+                        meta.actor_user_id,
+                        meta.token_id,
+                        meta.request_id,
+                        first.recorded_at,
+                        entity,
+                        entity_id,
+                        _summary_text(summary),
+                        count,
+                    )
+                )
+                continue
+            counts.append((count, project_id, found))
+            if summary_event is not None:
+                entity, entity_id, summary = summarize(summary_event)
+                summaries.append(
+                    (summary_event.type, entity, entity_id, _summary_text(summary), found)
+                )
+        if inserts:
+            db.executemany("INSERT INTO audit_entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", inserts)
+        if counts:
+            db.executemany(
+                "UPDATE audit_entries SET event_count = event_count + ?, project_id = coalesce(project_id, ?)"
+                " WHERE position = ?",
+                counts,
             )
-            return
-        db.execute(
-            "UPDATE audit_entries SET event_count = event_count + 1, project_id = coalesce(project_id, ?)"
-            " WHERE position = ?",
-            (project_id, found[0]),
-        )
-        if event.type in SUMMARY_TYPES:
-            db.execute(
+        if summaries:
+            db.executemany(
                 "UPDATE audit_entries SET type = ?, entity_type = ?, entity_id = ?, summary = ? WHERE position = ?",
-                (event.type, entity, entity_id, json.dumps(summary, sort_keys=True), found[0]),
+                summaries,
             )
+
+    @staticmethod
+    def _existing(db: sqlite3.Connection, groups: list[str]) -> dict[str, int]:
+        """group id -> position of the entries already stored for those groups."""
+        found: dict[str, int] = {}
+        for start in range(0, len(groups), 500):
+            chunk = groups[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                db.execute(f"SELECT group_id, position FROM audit_entries WHERE group_id IN ({marks})", chunk)
+            )
+        return found
+
+
+_summary_json = msgspec.json.Encoder(order="sorted")
+
+
+def _summary_text(summary: dict[str, Any]) -> str:
+    return _summary_json.encode(summary).decode()
 
 
 def entry_view(row: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from kroma.projections.projects import ProjectsProjection
 from kroma.projections.records import record_projections
 from kroma.projections.runs import RunsProjection
 from kroma.projections.secrets import SecretsProjection
+from kroma.projections.storage_sync import StorageSyncProjection
 from kroma.projections.tokens import TokensProjection
 
 
@@ -27,4 +28,5 @@ def all_projections() -> list[Projection]:
         TokensProjection(),
         SecretsProjection(),
         AuditProjection(),
+        StorageSyncProjection(),
     ]

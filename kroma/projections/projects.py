@@ -103,10 +103,6 @@ def project_detail(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in keys}
 
 
-def project_list_item(row: dict[str, Any]) -> dict[str, Any]:
-    return {**project_detail(row), "username": row["owner_username"]}
-
-
 def resolve_storage(row: dict[str, Any], slug: str, workspace_root: str) -> dict[str, Any]:
     """The contract's resolved view: project_root is always absolute; S3 prefix has a default."""
     base_dir = row["local_base_dir"] or "var/projects"
@@ -129,16 +125,40 @@ def resolve_storage(row: dict[str, Any], slug: str, workspace_root: str) -> dict
     }
 
 
+_WITH_STORAGE = (
+    "SELECT p.*, " + ", ".join(f"s.{c}" for c in STORAGE_COLUMNS) + " FROM projects p"
+    " JOIN project_storage s ON s.project_id = p.id"
+)
+_COUNTS = (
+    "(SELECT count(*) FROM runs WHERE project_id = p.id) AS count_runs,"
+    " (SELECT count(*) FROM run_jobs WHERE project_id = p.id) AS count_jobs,"
+    " (SELECT count(*) FROM assets WHERE project_id = p.id) AS count_assets"
+)
+
+
 async def find_project(rm: ReadModels, project_id: str) -> dict[str, Any] | None:
-    return await rm.one("SELECT * FROM projects WHERE id = ?", (project_id,))
+    """The project's row with its storage columns (for `resolve_storage`), in one statement."""
+    return await rm.one(f"{_WITH_STORAGE} WHERE p.id = ?", (project_id,))
 
 
-async def find_storage(rm: ReadModels, project_id: str) -> dict[str, Any] | None:
-    return await rm.one("SELECT * FROM project_storage WHERE project_id = ?", (project_id,))
+async def find_project_by_slug(rm: ReadModels, slug: str, counts: bool = False) -> dict[str, Any] | None:
+    """`find_project` by (normalised) slug; with `counts`, also `count_runs`, `count_jobs` and
+    `count_assets`."""
+    select = _WITH_STORAGE.replace("p.*, ", f"p.*, {_COUNTS}, ", 1) if counts else _WITH_STORAGE
+    return await rm.one(f"{select} WHERE p.slug = ?", (slug,))
+
+
+def detail_counts(row: dict[str, Any]) -> dict[str, int]:
+    return {"runs": row["count_runs"], "jobs": row["count_jobs"], "assets": row["count_assets"]}
+
+
+_LIST_ITEM = "id, slug, name, description, status, created_at, updated_at, owner_username AS username"
 
 
 async def list_projects(rm: ReadModels, username: str | None) -> list[dict[str, Any]]:
+    """The API's project list items (`project_list_item` of each row), newest first."""
     where, params = ("WHERE owner_username = ?", (username,)) if username else ("", ())
     return await rm.all(
-        f"SELECT * FROM projects {where} ORDER BY updated_at DESC, created_at DESC, position DESC", params
+        f"SELECT {_LIST_ITEM} FROM projects {where} ORDER BY updated_at DESC, created_at DESC, position DESC",
+        params,
     )

@@ -1,44 +1,154 @@
-"""Read access to the read models for request handlers: rows come back as dicts."""
+"""Read access to the read models for request handlers: rows come back as dicts.
+
+A request's reads are a few indexed lookups in a WAL file, each far cheaper than a hop to a worker
+thread and back. So a statement first runs inline, on the event loop, on a read-only connection
+that no other thread uses; a statement still running after `inline_budget` seconds is interrupted
+(SQLite's progress handler) and run again on a pooled connection in a worker thread, so a long read
+(a big page, a cold cache) stalls the loop for at most that budget. A statement that meets a lock
+(SQLITE_BUSY, which WAL readers only see while another connection recovers the file) also moves to
+a worker thread, where it may wait.
+
+Every statement is its own read transaction on a snapshot at least as new as every commit that had
+returned when it started, so a read after `runner.wait_for(position)` sees that position
+(read-your-writes).
+
+Results are cached until the file changes: SQLite's `PRAGMA data_version` moves whenever any other
+connection (the projection runner, a rebuild by the CLI, another process) commits to it, and it is
+read before every statement, so a cached answer is never older than what the statement itself would
+have seen. Small results only (`CACHE_MAX_ROWS`, `CACHE_MAX_ENTRIES`); callers get their own copies
+of the rows.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import time
 from collections.abc import Sequence
 from typing import Any
 
-import aiosqlite
+INLINE_BUDGET = 0.002  # seconds a statement may run on the event loop before it moves to a thread
+THREAD_CONNECTIONS = 4  # worker-thread statements at once (each on its own pooled connection)
+THREAD_BUSY_TIMEOUT_MS = 5000
+_CHECK_EVERY = 2000  # SQLite VM instructions between two looks at the clock
+CACHE_MAX_ENTRIES = 2048  # distinct (statement, parameters) answers kept between two commits
+CACHE_MAX_ROWS = 256  # larger answers are not cached
 
-from kroma import dbthread
+
+def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    rows = cursor.fetchall()
+    if not rows:
+        return []
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in rows]
 
 
-def _dict_factory(cursor: sqlite3.Cursor, row: tuple) -> dict[str, Any]:
-    return {col[0]: value for col, value in zip(cursor.description, row, strict=True)}
+def _open(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, cached_statements=256)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+    db.execute("PRAGMA query_only=1")  # a reader: a bug here can never write a read model
+    return db
 
 
 class ReadModels:
-    def __init__(self, path: str) -> None:
+    def __init__(
+        self, path: str, inline_budget: float = INLINE_BUDGET, thread_connections: int = THREAD_CONNECTIONS
+    ) -> None:
         self.path = path
-        self._conn: aiosqlite.Connection | None = None
+        self.inline_budget = inline_budget
+        self.thread_connections = thread_connections
+        self._inline: sqlite3.Connection | None = None
+        self._deadline = 0.0
+        self._idle: list[sqlite3.Connection] = []  # pooled worker-thread connections not in use
+        self._slots: asyncio.Semaphore | None = None
+        self.moved_to_thread = 0  # statements that outgrew the inline budget (or met a lock)
+        self._cache: dict[tuple[str, tuple[Any, ...]], list[dict[str, Any]]] = {}
+        self._cache_version: int | None = None
 
     async def open(self) -> None:
-        self._conn = await dbthread.connect(self.path)
-        self._conn.row_factory = _dict_factory  # type: ignore[assignment]  # any callable works
+        # The file's schema and WAL mode come from the projection runner; a fresh file is fine too.
+        self._inline = _open(self.path, 0)  # never wait on the loop: a busy file moves to a thread
+        self._inline.set_progress_handler(self._over_budget, _CHECK_EVERY)
+        self._slots = asyncio.Semaphore(self.thread_connections)
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        inline, self._inline = self._inline, None
+        self._cache.clear()
+        self._cache_version = None
+        if inline is not None:
+            inline.close()
+        while self._idle:
+            self._idle.pop().close()
+
+    def _over_budget(self) -> int:
+        return 1 if time.perf_counter() > self._deadline else 0
+
+    async def reopen(self) -> None:
+        """Open the file again (after it was replaced by another one at the same path)."""
+        await self.close()
+        await self.open()
 
     async def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        assert self._conn is not None, "read models are not open"
-        rows: Any = await self._conn.execute_fetchall(sql, params)  # dicts, by _dict_factory
-        return list(rows)
+        db = self._inline
+        assert db is not None, "read models are not open"
+        self._deadline = time.perf_counter() + self.inline_budget
+        key = (sql, tuple(params))
+        try:
+            version = db.execute("PRAGMA data_version").fetchone()[0]  # before the statement
+            if version != self._cache_version:
+                self._cache.clear()
+                self._cache_version = version
+            cached = self._cache.get(key)
+            if cached is not None:
+                return [row.copy() for row in cached]
+            rows = _rows(db.execute(sql, params))
+        except sqlite3.OperationalError as exc:
+            if not _retry_in_thread(exc):
+                raise
+            self.moved_to_thread += 1
+            return await self._in_thread(sql, params)
+        if len(rows) <= CACHE_MAX_ROWS and len(self._cache) < CACHE_MAX_ENTRIES:
+            self._cache[key] = [row.copy() for row in rows]
+        return rows
 
     async def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         rows = await self.all(sql, params)
         return rows[0] if rows else None
 
     async def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        assert self._conn is not None, "read models are not open"
-        rows = list(await self._conn.execute_fetchall(sql, params))
-        return rows[0][next(iter(rows[0]))] if rows else None
+        rows = await self.all(sql, params)
+        return next(iter(rows[0].values())) if rows else None
+
+    async def _in_thread(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        slots = self._slots
+        assert slots is not None, "read models are not open"
+        await slots.acquire()
+        try:
+            work = asyncio.get_running_loop().run_in_executor(None, self._thread_query, sql, params)
+        except BaseException:
+            slots.release()
+            raise
+        work.add_done_callback(lambda _: slots.release())  # when the thread is done, not the caller
+        return await asyncio.shield(work)
+
+    def _thread_query(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        """In a worker thread: one statement on a pooled connection (list append/pop are atomic)."""
+        try:
+            db = self._idle.pop()
+        except IndexError:
+            db = _open(self.path, THREAD_BUSY_TIMEOUT_MS)
+        try:
+            return _rows(db.execute(sql, params))
+        finally:
+            if self._inline is None:  # closed meanwhile
+                db.close()
+            else:
+                self._idle.append(db)
+
+
+def _retry_in_thread(exc: sqlite3.OperationalError) -> bool:
+    message = str(exc)
+    return (
+        message == "interrupted" or "database is locked" in message or "database table is locked" in message
+    )

@@ -11,6 +11,7 @@ the same second by `position`, so the order is deterministic and survives a rebu
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -51,6 +52,7 @@ class RecordProjection:
         self.json_fields = tuple(f for f in kind.fields if _is_json(f))
         self.columns = (key_column, "project_id", *kind.scope, *kind.fields, "created_at", "updated_at")
         self.schema = self._schema()
+        self._prepare_statements()
 
     def _schema(self) -> str:
         def column(name: str) -> str:
@@ -75,34 +77,53 @@ class RecordProjection:
             return int(bool(value))
         return value
 
+    def _store_as(self, name: str) -> Callable[[Any], Any]:
+        if _is_json(name):
+            return lambda value: _json.encode(value).decode()
+        if name in self.flags:
+            return lambda value: int(bool(value))
+        return lambda value: value
+
+    def _prepare_statements(self) -> None:
+        kind = self.kind
+        self._where = f"project_id = ? AND {self.key_column} = ?"
+        marks = ",".join("?" * (len(self.columns) + 1))
+        self._insert = f"INSERT INTO {self.table} ({', '.join(self.columns)}, position) VALUES ({marks})"
+        self._delete = f"DELETE FROM {self.table} WHERE {self._where}"
+        self._updates: dict[tuple[str, ...], str] = {}
+        self._convert = {f: self._store_as(f) for f in kind.fields}
+        self._created_fields = tuple((f, kind.defaults.get(f, ""), self._convert[f]) for f in kind.fields)
+        self._verbs = {kind.event_type(v): v for v in ("created", "replaced", "updated", "deleted")}
+
     def apply(self, db: sqlite3.Connection, event: Event) -> None:
         d, kind = event.data, self.kind
-        verb = event.type.rsplit(".", 1)[1]
+        verb = self._verbs[event.type]
         at = to_seconds(event.recorded_at)
-        where = f"project_id = ? AND {self.key_column} = ?"
-        key = (d["project_id"], d[kind.id_key])
         if verb == "created":
             values = [
                 d[kind.id_key],
                 d["project_id"],
                 *(d[s] for s in kind.scope),
-                *(self._stored(f, d.get(f, kind.defaults.get(f, ""))) for f in kind.fields),
+                *(convert(d.get(f, default)) for f, default, convert in self._created_fields),
                 at,
                 at,
                 event.position,
             ]
-            marks = ",".join("?" * len(values))
-            db.execute(
-                f"INSERT INTO {self.table} ({', '.join(self.columns)}, position) VALUES ({marks})", values
-            )
+            db.execute(self._insert, values)
         elif verb == "deleted":
-            db.execute(f"DELETE FROM {self.table} WHERE {where}", key)
+            db.execute(self._delete, (d["project_id"], d[kind.id_key]))
         else:  # replaced / updated: the event carries the new value of every field it names
-            changed = [f for f in kind.fields if f in d]
-            sets = "".join(f"{f} = ?, " for f in changed)
+            changed = tuple(f for f in kind.fields if f in d)
+            sql = self._updates.get(changed)
+            if sql is None:
+                sets = "".join(f"{f} = ?, " for f in changed)
+                sql = self._updates[changed] = (
+                    f"UPDATE {self.table} SET {sets}updated_at = ?, position = ? WHERE {self._where}"
+                )
+            convert = self._convert
             db.execute(
-                f"UPDATE {self.table} SET {sets}updated_at = ?, position = ? WHERE {where}",
-                (*(self._stored(f, d[f]) for f in changed), at, event.position, *key),
+                sql,
+                (*(convert[f](d[f]) for f in changed), at, event.position, d["project_id"], d[kind.id_key]),
             )
 
     # -- queries ----------------------------------------------------------------------------------

@@ -4,6 +4,12 @@ Each batch of events is applied to every projection and each projection's checkp
 in the same transaction as its rows, so no event is applied twice or skipped, even across a
 crash. Checkpoints are re-read inside every transaction, so a rebuild by another process (the
 CLI) is never overrun: a projection whose checkpoint is behind a batch is left for the next round.
+
+A rebuild (`rebuild`, see `kroma.projections.rebuild`) folds the log into a fresh file while this
+runner keeps the live one current, then swaps the fresh tables in atomically. While it swaps it
+sets a pause in the live file (`projection_rebuild`, phase `swapping`), read inside the same
+transaction as the checkpoints: every runner on that file then stops advancing until the swap is
+done, so the swapped-in tables are never behind what a runner already reported as visible.
 """
 
 from __future__ import annotations
@@ -11,15 +17,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import re
+import socket
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import aiosqlite
 
 from kroma import dbthread
-from kroma.domain.errors import Internal
+from kroma.domain.errors import Internal, StorageUnavailable
 from kroma.events.envelope import Event
 from kroma.events.store import EventStore
+from kroma.faults import storage_fault
 from kroma.projections.base import Projection
 
 log = logging.getLogger(__name__)
@@ -38,22 +50,73 @@ CREATE TABLE IF NOT EXISTS projection_failures (
     error    TEXT NOT NULL,
     PRIMARY KEY (name, position)
 )"""
+# At most one row, only while a rebuild runs: who builds, how far it got, and (phase `swapping`)
+# until when every runner on this file must pause. A fresh file has the table empty, so the swap
+# that replaces the live tables also ends the pause.
+REBUILDS = """
+CREATE TABLE IF NOT EXISTS projection_rebuild (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    host        TEXT NOT NULL,
+    pid         INTEGER NOT NULL,
+    phase       TEXT NOT NULL,
+    position    INTEGER NOT NULL,
+    head        INTEGER NOT NULL,
+    started_at  REAL NOT NULL,
+    pause_until REAL NOT NULL
+)"""
+RUNNER_TABLES = ("checkpoints", "projection_failures", "projection_rebuild")
+PAUSE_POLL = 0.05  # seconds between looks at a paused read model
+FAULT_PATIENCE = 2.0  # seconds a read-your-writes wait lasts while the read models cannot be written
 
 Progress = Callable[[int, int], None]  # (position reached, head)
+HOST = socket.gethostname()
+_INDEXED_TABLE = re.compile(r"\bON\s+(\w+)", re.IGNORECASE)
+
+
+def pid_alive(host: str, pid: int) -> bool:
+    """Whether the process that wrote a rebuild row may still be running (assumed so on another host)."""
+    if host != HOST:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def paused(db: sqlite3.Connection) -> bool:
+    """Whether a rebuild is swapping its tables into this file right now."""
+    row = db.execute("SELECT host, pid, pause_until FROM projection_rebuild WHERE phase = 'swapping'").fetchone()
+    return row is not None and row[2] > time.time() and pid_alive(row[0], row[1])
 
 
 class ProjectionRunner:
     def __init__(
-        self, store: EventStore, path: str, projections: Sequence[Projection], page: int = 2000
+        self,
+        store: EventStore,
+        path: str,
+        projections: Sequence[Projection],
+        page: int = 2000,
+        *,
+        scratch: bool = False,
     ) -> None:
+        """`scratch`: a file only this runner uses until it is swapped in or kept elsewhere (a
+        rebuild), written without the live file's durability (see kroma.projections.rebuild)."""
         self.store = store
         self.path = path
         self.projections = list(projections)
         self.page = page
+        self.scratch = scratch
         self.position = 0  # every projection has applied at least this far
+        self.fault: BaseException | None = None  # the storage fault the last round failed on
         self._conn: aiosqlite.Connection | None = None
         self._advanced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._routes: dict[str, tuple[int, ...]] = {}  # event type -> indexes of the selective projections
+        self._deferred: list[tuple[str, str]] = []  # (table, CREATE INDEX) a scratch file runs at the end
+        self.active: frozenset[str] | None = None  # fold only these projections (None: all)
 
     def by_name(self, name: str) -> Projection:
         for p in self.projections:
@@ -61,8 +124,15 @@ class ProjectionRunner:
                 return p
         raise KeyError(name)
 
-    async def open(self) -> None:
-        self._conn = await dbthread.connect(self.path)
+    async def open(self, copy_from: str | None = None, like: str | None = None) -> None:
+        """Open (creating) the file and its tables. A scratch file starts as a copy of `copy_from`
+        when given, else empty with the page size of the file `like`."""
+        if self.scratch:
+            from kroma.projections.rebuild import connect_scratch
+
+            self._conn = await connect_scratch(self.path, copy_from, like)
+        else:
+            self._conn = await dbthread.connect(self.path)
         await dbthread.run(self._conn, self._prepare)
 
     async def close(self) -> None:
@@ -81,6 +151,7 @@ class ProjectionRunner:
         def prepare(db: sqlite3.Connection) -> None:
             db.execute(CHECKPOINTS)
             db.execute(FAILURES)
+            db.execute(REBUILDS)
             stored = dict(db.execute("SELECT name, version FROM checkpoints").fetchall())
             existing = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             for p in self.projections:
@@ -99,42 +170,118 @@ class ProjectionRunner:
         db.execute("DELETE FROM checkpoints WHERE name = ?", (p.name,))
         db.execute("DELETE FROM projection_failures WHERE name = ?", (p.name,))
 
-    @staticmethod
-    def _create(db: sqlite3.Connection, p: Projection) -> None:
+    def _create(self, db: sqlite3.Connection, p: Projection) -> None:
+        """Create a projection's tables. A scratch file defers its plain indexes (`CREATE INDEX`)
+        to `create_deferred_indexes`: one sort at the end of a rebuild costs far less than keeping
+        them up to date row by row, and no fold looks rows up by them (folds use keys)."""
         for statement in p.schema.split(";"):
-            if statement.strip():
+            if not statement.strip():
+                continue
+            if self.scratch and statement.lstrip().upper().startswith("CREATE INDEX"):
+                table = _INDEXED_TABLE.search(statement)
+                self._deferred.append((table.group(1) if table else "", statement))
+                continue
+            db.execute(statement)
+
+    def create_deferred_indexes(self, db: sqlite3.Connection, tables: Sequence[str] | None = None) -> None:
+        """Create the indexes `_create` deferred (those of `tables`, or all)."""
+        chosen = [(t, sql) for t, sql in self._deferred if tables is None or t in tables]
+
+        def create(db: sqlite3.Connection) -> None:
+            for _table, statement in chosen:
                 db.execute(statement)
+
+        dbthread.in_transaction(db, create)
+        self._deferred = [d for d in self._deferred if d not in chosen]
+
+    def set_active(self, names: Sequence[str] | None) -> None:
+        """Fold only the named projections from now on (None: every one)."""
+        self.active = None if names is None else frozenset(names)
+        self._routes.clear()
+
+    def _is_active(self, p: Projection) -> bool:
+        return self.active is None or p.name in self.active
+
+    def _active(self, name: str) -> bool:
+        return self.active is None or name in self.active
+
+    def reset(self, db: sqlite3.Connection, names: Sequence[str]) -> None:
+        """Empty the named projections' tables and set their checkpoints to 0 (one transaction)."""
+
+        def run(db: sqlite3.Connection) -> None:
+            for p in (self.by_name(n) for n in names):
+                self._drop(db, p)
+                self._create(db, p)
+                db.execute("INSERT INTO checkpoints VALUES (?, ?, 0)", (p.name, p.version))
+
+        dbthread.in_transaction(db, run)
 
     async def checkpoints(self) -> dict[str, int]:
         assert self._conn is not None
         rows = await self._conn.execute_fetchall("SELECT name, position FROM checkpoints")
         return {name: pos for name, pos in rows}
 
-    def _apply(self, db: sqlite3.Connection, events: list[Event], isolate: bool = False) -> int:
-        """Apply one page to every projection that has reached its start; returns the new
-        minimum checkpoint. With `isolate`, each event is applied under its own savepoint and one
-        that fails is recorded in `projection_failures` and skipped, so a single event no
-        projection can fold does not stall every read model (and every request waiting on them)."""
+    def _route(self, events: list[Event]) -> list[list[Event] | None]:
+        """Each projection's events of the page (None: it takes every event, the page itself)."""
+        groups: list[list[Event] | None] = [None if p.handles is None else [] for p in self.projections]
+        routes = self._routes
+        for event in events:
+            targets = routes.get(event.type)
+            if targets is None:
+                targets = routes[event.type] = tuple(
+                    i
+                    for i, p in enumerate(self.projections)
+                    if p.handles is not None and event.type in p.handles and self._is_active(p)
+                )
+            for i in targets:
+                groups[i].append(event)  # type: ignore[union-attr]  # selective ones have lists
+        return groups
 
-        def apply(db: sqlite3.Connection) -> int:
+    def _apply(self, db: sqlite3.Connection, events: list[Event], isolate: bool = False) -> int | None:
+        """Apply one page to every projection that has reached its start; returns the new
+        minimum checkpoint, or None when a rebuild is swapping its tables in (nothing applied).
+        With `isolate`, each event is applied under its own savepoint and one that fails is
+        recorded in `projection_failures` and skipped, so a single event no projection can fold
+        does not stall every read model (and every request waiting on them)."""
+
+        if paused(db):  # looked at first outside a transaction: no write lock while a swap runs
+            return None
+
+        def apply(db: sqlite3.Connection) -> int | None:
+            if paused(db):
+                return None
             checkpoints = dict(db.execute("SELECT name, position FROM checkpoints").fetchall())
             first, last = events[0].position, events[-1].position
-            for p in self.projections:
+            groups = self._route(events)
+            for p, group in zip(self.projections, groups, strict=True):
+                if not self._is_active(p):
+                    continue
                 checkpoint = checkpoints.get(p.name, 0)
                 if checkpoint >= last or checkpoint < first - 1:
                     continue  # up to date, or behind this page (it catches up next round)
-                handles = p.handles
-                for event in events:
-                    if event.position > checkpoint and (handles is None or event.type in handles):
-                        if isolate:
-                            self._apply_isolated(db, p, event)
-                        else:
-                            p.apply(db, event)
+                mine = events if group is None else group
+                if checkpoint >= first:
+                    mine = [e for e in mine if e.position > checkpoint]
+                if mine:
+                    self._fold(db, p, mine, isolate)
                 db.execute("UPDATE checkpoints SET position = ? WHERE name = ?", (last, p.name))
                 checkpoints[p.name] = last
-            return min((checkpoints.get(p.name, 0) for p in self.projections), default=last)
+            return min((checkpoints.get(p.name, 0) for p in self.projections if self._is_active(p)), default=last)
 
         return dbthread.in_transaction(db, apply)
+
+    def _fold(self, db: sqlite3.Connection, p: Projection, events: list[Event], isolate: bool) -> None:
+        if isolate:
+            for event in events:
+                self._apply_isolated(db, p, event)
+            return
+        apply_many = getattr(p, "apply_many", None)
+        if apply_many is not None:
+            apply_many(db, events)
+            return
+        apply = p.apply
+        for event in events:
+            apply(db, event)
 
     @staticmethod
     def _apply_isolated(db: sqlite3.Connection, p: Projection, event: Event) -> None:
@@ -142,6 +289,8 @@ class ProjectionRunner:
         try:
             p.apply(db, event)
         except Exception as exc:
+            if storage_fault(exc):  # the disk, not the event: never skip it, retry the page later
+                raise
             db.execute("ROLLBACK TO fold")
             log.error("projection %s cannot fold event %s (%s): %r", p.name, event.position, event.type, exc)
             db.execute(
@@ -156,24 +305,115 @@ class ProjectionRunner:
         rows = await self._conn.execute_fetchall("SELECT * FROM projection_failures ORDER BY position, name")
         return [(r[0], r[1], r[2], r[3]) for r in rows]
 
-    async def catch_up(self, progress: Progress | None = None) -> int:
-        """Apply every committed event; returns the position reached."""
+    async def catch_up(self, progress: Progress | None = None, until: int | None = None) -> int:
+        """Apply every committed event (up to `until`, when given); returns the position reached.
+        The next page is read while the current one is applied."""
         assert self._conn is not None
         head = await self.store.head()
-        while True:
-            low = min((await self.checkpoints()).values(), default=0)
-            events = await self.store.read_all(low, self.page)
-            if not events:
-                self._advance(low)
-                return low
-            try:
-                reached = await dbthread.run(self._conn, self._apply, events)
-            except Exception:
-                log.exception("projection page after %s failed; refolding it event by event", low)
-                reached = await dbthread.run(self._conn, self._apply, events, True)
-            self._advance(reached)
+        if until is not None:
+            head = min(head, until)
+        low = min((await self.checkpoints()).values(), default=0)
+        ahead: tuple[int, asyncio.Task[list[Event]]] | None = None
+        try:
+            while True:
+                if until is not None and low >= until:
+                    break
+                if ahead is not None and ahead[0] == low:
+                    events = await ahead[1]
+                else:
+                    if ahead is not None:
+                        ahead[1].cancel()
+                    events = await self._read(low, until)
+                ahead = None
+                if not events:
+                    break
+                if until is None or events[-1].position < until:
+                    nxt = events[-1].position
+                    ahead = (nxt, asyncio.ensure_future(self._read(nxt, until)))
+                reached = await self._apply_page(events)
+                if reached is None:  # a rebuild is swapping its tables in: look again shortly
+                    await asyncio.sleep(PAUSE_POLL)
+                    return self.position
+                low = reached
+                self._advance(reached)
+                if progress is not None:
+                    progress(reached, max(head, reached))
+        finally:
+            if ahead is not None:
+                ahead[1].cancel()
+                with contextlib.suppress(BaseException):
+                    await ahead[1]
+        self._advance(low)
+        return low
+
+    async def build(
+        self,
+        progress: Progress | None = None,
+        until: int | None = None,
+        on_page: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """`catch_up` for a file no one else uses yet (a rebuild's): when the store can read pages
+        synchronously, every page is read, decoded and applied in this file's own thread, with no
+        hop between threads per page. `on_page(position, head)` is called in that thread,
+        `progress` on the event loop. Returns the position reached."""
+        assert self._conn is not None
+        open_reader = getattr(self.store, "page_reader", None)
+        if open_reader is None:
+            return await self.catch_up(progress, until)
+        head = await self.store.head()
+        if until is not None:
+            head = min(head, until)
+        loop = asyncio.get_running_loop()
+
+        def reached_page(position: int) -> None:
+            if on_page is not None:
+                on_page(position, max(head, position))
             if progress is not None:
-                progress(reached, max(head, reached))
+                loop.call_soon_threadsafe(progress, position, max(head, position))
+
+        reached = await dbthread.run(self._conn, self._build_pages, open_reader(), until, reached_page)
+        self._advance(reached)
+        return reached
+
+    def _build_pages(
+        self, db: sqlite3.Connection, reader: Any, until: int | None, reached_page: Callable[[int], None]
+    ) -> int:
+        try:
+            low = min(
+                (pos for name, pos in db.execute("SELECT name, position FROM checkpoints") if self._active(name)),
+                default=0,
+            )
+            while until is None or low < until:
+                limit = self.page if until is None else min(self.page, until - low)
+                events = reader.read(low, limit)
+                if not events:
+                    break
+                try:
+                    reached = self._apply(db, events)
+                except Exception:
+                    log.exception("projection page after %s failed; refolding it event by event", low)
+                    reached = self._apply(db, events, True)
+                if reached is None or reached <= low:  # paused, or a projection stalls: not a scratch's case
+                    break
+                low = reached
+                reached_page(low)
+            return low
+        finally:
+            reader.close()
+
+    async def _read(self, after: int, until: int | None) -> list[Event]:
+        limit = self.page if until is None else max(0, min(self.page, until - after))
+        return await self.store.read_all(after, limit) if limit else []
+
+    async def _apply_page(self, events: list[Event]) -> int | None:
+        assert self._conn is not None
+        try:
+            return await dbthread.run(self._conn, self._apply, events)
+        except Exception as exc:
+            if storage_fault(exc):  # disk full or read-only: nothing applied; retried next round
+                raise
+            log.exception("projection page after %s failed; refolding it event by event", events[0].position - 1)
+            return await dbthread.run(self._conn, self._apply, events, True)
 
     def _advance(self, position: int) -> None:
         if position > self.position:
@@ -190,10 +430,12 @@ class ProjectionRunner:
         while True:
             try:
                 await self.catch_up()
+                self.fault = None
                 await self.store.wait_for_append(self.position, 1.0)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # keep serving reads; the next round retries the page
+            except Exception as exc:  # keep serving reads; the next round retries the page
+                self.fault = storage_fault(exc)
                 log.exception("projection batch failed")
                 await asyncio.sleep(0.5)
 
@@ -201,28 +443,26 @@ class ProjectionRunner:
         """Return once every read model reflects the log up to `position` (read-your-writes)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        started = loop.time()
         while self.position < position:
             remaining = deadline - loop.time()
+            if self.fault is not None and loop.time() - started > FAULT_PATIENCE:
+                raise StorageUnavailable()  # the read models cannot be written (disk full)
             if remaining <= 0:
                 raise Internal()
             advanced = self._advanced
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(advanced.wait(), min(remaining, 0.5))
+                async with asyncio.timeout(min(remaining, 0.5)):  # no task per waiter and wake-up
+                    await advanced.wait()
 
     async def rebuild(self, names: Sequence[str] | None = None, progress: Progress | None = None) -> int:
-        """Drop the named projections' tables (all when None) and fold the log again from zero."""
-        assert self._conn is not None
-        chosen = [self.by_name(n) for n in names] if names else self.projections
+        """Fold the named projections (all when None) again from position zero into a fresh file
+        while this file keeps answering, then swap them in atomically (see kroma.projections.rebuild).
+        Returns the position the swapped-in read models reflect."""
+        from kroma.projections.rebuild import rebuild_live
 
-        def reset(db: sqlite3.Connection) -> None:
-            def run(db: sqlite3.Connection) -> None:
-                for p in chosen:
-                    self._drop(db, p)
-                    self._create(db, p)
-                    db.execute("INSERT INTO checkpoints VALUES (?, ?, 0)", (p.name, p.version))
-
-            dbthread.in_transaction(db, run)
-
-        await dbthread.run(self._conn, reset)
-        self.position = 0
-        return await self.catch_up(progress)
+        for name in names or ():
+            self.by_name(name)  # KeyError before any work
+        reached = await rebuild_live(self, names, progress)
+        self._advance(reached)
+        return reached

@@ -21,6 +21,7 @@ import msgspec
 from kroma.clock import to_seconds
 from kroma.domain import runs as ev
 from kroma.domain.assets import ASSET_RECORDED, ASSET_UPLOADED
+from kroma.domain.exports import EXPORT_CREATED
 from kroma.events.envelope import Event
 from kroma.projections.reader import ReadModels
 
@@ -168,17 +169,24 @@ def _stored(value: Any, kind: str) -> Any:
     return value
 
 
+def _upsert_sql(table: str) -> str:
+    names = ["id", "project_id", *TABLES[table], "position"]
+    updates = ", ".join(f"{c} = excluded.{c}" for c in ["project_id", *TABLES[table]])
+    return (
+        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+        f" ON CONFLICT(id) DO UPDATE SET {updates}"
+    )
+
+
+UPSERTS = {table: _upsert_sql(table) for table in TABLES}
+COLUMN_KINDS = {table: tuple(columns.items()) for table, columns in TABLES.items()}
+CREATED_AT = {table: list(columns).index("created_at") for table, columns in TABLES.items()}
+
+
 def _upsert(db: sqlite3.Connection, table: str, row: dict[str, Any], position: int) -> None:
     """Insert the row, or replace an existing id's values keeping its position (first record)."""
-    columns = TABLES[table]
-    values = [_stored(row.get(c), kind) for c, kind in columns.items()]
-    names = ["id", "project_id", *columns, "position"]
-    updates = ", ".join(f"{c} = excluded.{c}" for c in ["project_id", *columns])
-    db.execute(
-        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
-        f" ON CONFLICT(id) DO UPDATE SET {updates}",
-        (row["id"], row["project_id"], *values, position),
-    )
+    values = [_stored(row.get(c), kind) for c, kind in COLUMN_KINDS[table]]
+    db.execute(UPSERTS[table], (row["id"], row["project_id"], *values, position))
 
 
 def _run_requested(db: sqlite3.Connection, d: dict[str, Any], at: str, position: int) -> None:
@@ -314,6 +322,11 @@ def _job_outcome(db: sqlite3.Connection, d: dict[str, Any], at: str, position: i
     )
 
 
+def _export_created(db: sqlite3.Connection, d: dict[str, Any], at: str, position: int) -> None:
+    """A package written by `kroma.exports`: created and completed when it was recorded."""
+    _upsert(db, "project_exports", {**d, "created_at": at, "completed_at": at}, position)
+
+
 def _cancel_requested(db: sqlite3.Connection, d: dict[str, Any], at: str, position: int) -> None:
     db.execute("UPDATE runs SET status = 'canceling' WHERE id = ? AND status IN ('queued', 'running')", (d["run_id"],))
 
@@ -351,12 +364,13 @@ ENGINE_EVENTS = {
     ev.RUN_COMPLETED: _run_ended,
     ev.RUN_FAILED: _run_ended,
     ev.RUN_CANCELED: _run_ended,
+    EXPORT_CREATED: _export_created,
 }
 
 
 class RunsProjection:
     name = "runs"
-    version = 2
+    version = 3
     tables = tuple(TABLES)
     handles = frozenset({*RECORDS, *ENGINE_EVENTS, ev.RUN_STARTED, ev.RUN_FINISHED})
     schema = ";\n".join([*(_ddl(t, cols) for t, cols in TABLES.items()), *INDEXES])
@@ -370,16 +384,9 @@ class RunsProjection:
             return
         table = RECORDS.get(event.type)
         if table is not None:
-            columns = TABLES[table]
-            values = [_stored(d.get(c), kind) for c, kind in columns.items()]
-            values[list(columns).index("created_at")] = d.get("created_at") or at
-            names = ["id", "project_id", *columns, "position"]
-            updates = ", ".join(f"{c} = excluded.{c}" for c in ["project_id", *columns])
-            db.execute(
-                f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
-                f" ON CONFLICT(id) DO UPDATE SET {updates}",
-                (d["id"], d["project_id"], *values, event.position),
-            )
+            values = [_stored(d.get(c), kind) for c, kind in COLUMN_KINDS[table]]
+            values[CREATED_AT[table]] = d.get("created_at") or at
+            db.execute(UPSERTS[table], (d["id"], d["project_id"], *values, event.position))
             return
         started = event.type == ev.RUN_STARTED
         column = "started_at" if started else "finished_at"

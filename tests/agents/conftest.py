@@ -138,3 +138,17 @@ def world(tmp_path: Path, clock: ManualClock, agent: FakeAgent) -> Iterator[Worl
         response = client.post("/api/projects", json={"name": "Demo", "slug": "demo"})
         assert response.status_code == 200, response.text
         yield World(client, clock, agent)
+
+
+@pytest.fixture(scope="module")
+def shared_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """One world for a module's cases that each leave their instruction finished (done, failed,
+    canceled), so a later case's dispatcher finds only its own: saves an app per case."""
+    clock = ManualClock()
+    with (
+        FakeAgent(token=TOKEN) as agent,
+        open_world(tmp_path_factory.mktemp("shared"), clock, agent) as client,
+    ):
+        response = client.post("/api/projects", json={"name": "Demo", "slug": "demo"})
+        assert response.status_code == 200, response.text
+        yield World(client, clock, agent)

@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 
+from kroma.events.postgres import PostgresEventStore
 from kroma.events.sqlite import SQLiteEventStore
 from kroma.events.store import EventStore
+from tests.events.postgres_server import POSTGRES_URL, postgres_schema
 
 HERE = Path(__file__).parent
 
@@ -47,8 +49,26 @@ async def _sqlite_backend(tmp_path: Path) -> AsyncIterator[StoreFactory]:
     yield instance
 
 
+@asynccontextmanager
+async def _postgres_backend(tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """A schema of its own on the test server (skips the test when no server answers)."""
+    async with postgres_schema() as schema:
+
+        @asynccontextmanager
+        async def instance(poll_interval: float = 1.0) -> AsyncIterator[EventStore]:
+            store = PostgresEventStore(POSTGRES_URL, schema=schema, poll_interval=poll_interval)
+            await store.open()
+            try:
+                yield store
+            finally:
+                await store.close()
+
+        yield instance
+
+
 BACKENDS: dict[str, Backend] = {
     "sqlite": _sqlite_backend,
+    "postgres": _postgres_backend,
 }
 
 

@@ -36,9 +36,11 @@ def ok(response: httpx.Response) -> dict[str, Any]:
 
 
 def race(client: TestClient, *requests: tuple[str, str, dict[str, Any]]) -> list[httpx.Response]:
-    """Send the requests concurrently on the app's event loop, holding every command's first append
-    until all of them have decided: they all decide on the same project state, so all but one
-    lose the expected-version check and must decide again on the state the winner left."""
+    """Send the requests concurrently on the app's event loop. Commands run by `execute` have their
+    first append held until all of them have decided: they all decide on the same project state,
+    so all but one lose the expected-version check and must decide again on the state the winner
+    left. Project commands (`on_project`) do not race in one process: their project's lane
+    decides them one after another, each on the state the one before left."""
     store = client.app.state.services.store
     real_append = store.append
 

@@ -739,25 +739,19 @@ def test_an_import_that_loses_a_race_plans_again_on_the_new_state(client: TestCl
             if events[0].type == "bootstrap.imported" and not racer_committed.is_set():
                 import_decided.set()
                 await racer_committed.wait()
-            elif events[0].type == "style_guide.created":
-                await import_decided.wait()
             attempts.append(events[0].type)
-            try:
-                return await real_append(events, *args, **kwargs)
-            finally:
-                if events[0].type == "style_guide.created":
-                    racer_committed.set()
+            return await real_append(events, *args, **kwargs)
 
         store.append = append
         try:
             transport = httpx.ASGITransport(app=client.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-                return list(
-                    await asyncio.gather(
-                        http.post(IMPORT, json=body),
-                        http.post(f"{BASE}/style-guides", json={"name": "Racer", "instructions": "fast"}),
-                    )
-                )
+                importing = asyncio.create_task(http.post(IMPORT, json=body))
+                await import_decided.wait()  # the import has decided; its append is held
+                racer = await http.post(f"{BASE}/style-guides", json={"name": "Racer", "instructions": "fast"})
+                attempts.append("style_guide.created")  # committed: its response is read-your-writes
+                racer_committed.set()
+                return [await importing, racer]
         finally:
             del store.append
 

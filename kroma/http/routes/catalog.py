@@ -12,6 +12,7 @@ from kroma.http.routes import (
     characters,
     chat,
     events,
+    exports,
     health,
     pipeline,
     projects,
@@ -21,6 +22,7 @@ from kroma.http.routes import (
     review,
     runs,
     secrets,
+    storage_sync,
     style_guides,
     tokens,
 )
@@ -47,4 +49,6 @@ def all_routes() -> list[Any]:
         agent_instructions.router,
         secrets.router,
         audit.router,
+        storage_sync.router,
+        exports.router,
     ]

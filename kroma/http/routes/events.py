@@ -13,10 +13,12 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from kroma import auth
 from kroma.domain.errors import NotFound
 from kroma.domain.handling import current_request
+from kroma.events import verification
 from kroma.events.envelope import Event
 from kroma.http import responses
 from kroma.http.deps import ServicesDep, project_row
 from kroma.http.params import int_param, limit_param
+from kroma.http.streams import acquire_stream
 from kroma.projections.event_index import project_positions
 
 MAX_PAGE = 1000
@@ -64,6 +66,14 @@ async def list_events(services: ServicesDep, request: Request) -> Response[bytes
     return responses.ok(**_page(events, after))
 
 
+@get("/api/events/verify")
+async def verify_log(services: ServicesDep) -> Response[bytes]:
+    """The hash chain's verdict, as `kroma events verify --json` gives it: `intact`, `head`,
+    `verified_through`, and for a broken chain the first bad `position` and the `reason`."""
+    verdict = await verification.verify_store(services.store)
+    return responses.ok(**msgspec.to_builtins(verdict))
+
+
 @get("/api/events/{ref:str}")
 async def show_event(ref: FromPath[str], services: ServicesDep) -> Response[bytes]:
     """One event by id or position."""
@@ -98,6 +108,7 @@ async def stream_events(services: ServicesDep, request: Request) -> ServerSentEv
     after = int(resume) if resume.isdigit() else max(0, int_param(request, "after", 0))
     types = set(_types(request) or ())
     token_id = current_request.get().actor.token_id
+    lease = acquire_stream(request)  # a bounded number per token: 429 past it
 
     async def feed() -> AsyncGenerator[ServerSentEventMessage, None]:
         position = after
@@ -121,7 +132,9 @@ async def stream_events(services: ServicesDep, request: Request) -> ServerSentEv
                     event=event.type,
                 )
 
-    return ServerSentEvent(feed())
+    return ServerSentEvent(lease.hold(feed()), background=lease.background())
 
 
-router = Router("/", route_handlers=[list_events, stream_events, show_event, project_events], tags=["events"])
+router = Router(
+    "/", route_handlers=[list_events, stream_events, verify_log, show_event, project_events], tags=["events"]
+)

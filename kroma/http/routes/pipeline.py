@@ -26,6 +26,7 @@ from kroma.projections import projects as project_read
 from kroma.projections import run_log
 from kroma.projections import runs as runs_read
 from kroma.services import Services
+from kroma.storage import post_run
 
 RUN_NOT_FOUND = "Run not found"
 
@@ -139,19 +140,22 @@ async def trigger_run(
         return responses.ok_status(202, **body)
     end = await services.engine.wait_for_end(run_id)
     assert end is not None
-    await services.settle(end.position)
-    return _run_answer(end, run_id, outcome.audit_id)
+    synced = await post_run.wait_for_outcome(services, run_id, end)  # §4.9 steps 6-7
+    await services.settle(synced.position if synced else end.position)
+    return _run_answer(end, run_id, outcome.audit_id, post_run.stderr_line(synced))
 
 
 def _triggered(mode: str, stdout: str, stderr: str = "") -> dict:
     return {"mode": mode, "status_code": 0, "stdout": stdout, "stderr": stderr, "adapter": "rust_native"}
 
 
-def _run_answer(end: Event, run_id: str, audit_id: str) -> Response[bytes]:
-    """A finished run as the reference answered a synchronous trigger (§2.4, §4.7), plus run_id."""
+def _run_answer(end: Event, run_id: str, audit_id: str, post_run_line: str = "") -> Response[bytes]:
+    """A finished run as the reference answered a synchronous trigger (§2.4, §4.7), plus run_id; a
+    failed post-run sync adds its line to stderr (§4.9 step 7)."""
     d = end.data
     if end.type == ev.RUN_COMPLETED and d["status"] == "ok":
-        return responses.ok(pipeline_trigger=_triggered("run", d["stdout"], d.get("stderr", "")), run_id=run_id, audit_id=audit_id)
+        stderr = "\n".join(line for line in (d.get("stderr", ""), post_run_line) if line)
+        return responses.ok(pipeline_trigger=_triggered("run", d["stdout"], stderr), run_id=run_id, audit_id=audit_id)
     if end.type == ev.RUN_COMPLETED:
         first = next((line for line in d.get("stderr", "").splitlines() if line.strip()), "")
         message = f"Pipeline command failed: {first}" if first else "Pipeline command failed"

@@ -7,26 +7,26 @@ from litestar.params import FromPath, JSONBody
 
 from kroma.domain import projects as domain
 from kroma.domain.aggregate import project_stream
+from kroma.domain.errors import NotFound
 from kroma.domain.handling import Decision, Outcome
 from kroma.domain.slugs import normalize_slug
 from kroma.events.envelope import Metadata
-from kroma.http import responses
-from kroma.http.deps import ServicesDep, project_row, project_state
+from kroma.http import responses, time_travel
+from kroma.http.deps import ServicesDep, project_id
 from kroma.projections import projects as read
 from kroma.services import Services
 
 
-async def _storage_payload(services: Services, row: dict) -> dict:
-    storage = await read.find_storage(services.reader, row["id"])
-    assert storage is not None
-    return read.resolve_storage(storage, row["slug"], services.settings.workspace)
+def _storage_payload(services: Services, row: dict) -> dict:
+    """The resolved storage of a row that has the storage columns (`read.find_project`)."""
+    return read.resolve_storage(row, row["slug"], services.settings.workspace)
 
 
 @get("/")
 async def list_projects(services: ServicesDep, request: Request) -> Response[bytes]:
     username = normalize_slug(request.query_params.get("username"))  # un-normalisable: ignored
-    rows = await read.list_projects(services.reader, username)
-    return responses.ok(count=len(rows), projects=[read.project_list_item(r) for r in rows])
+    projects = await read.list_projects(services.reader, username)
+    return responses.ok(count=len(projects), projects=projects)
 
 
 @post("/")
@@ -48,40 +48,36 @@ async def upsert_project(data: JSONBody[domain.UpsertProject], services: Service
     assert row is not None
     return responses.ok(
         project=read.project_summary(row),
-        storage=await _storage_payload(services, row),
+        storage=_storage_payload(services, row),
         audit_id=outcome.audit_id,
     )
 
 
+async def _project_with_storage(services: Services, slug: str, counts: bool = False) -> dict:
+    normal = normalize_slug(slug)
+    row = None if normal is None else await read.find_project_by_slug(services.reader, normal, counts)
+    if row is None:
+        raise NotFound("Project not found")
+    return row
+
+
 @get("/{slug:str}")
-async def project_detail(slug: FromPath[str], services: ServicesDep) -> Response[bytes]:
-    row = await project_row(services, slug)
-    counts = {}
-    for key, sql in (
-        ("runs", "SELECT count(*) AS n FROM runs WHERE project_id = ?"),
-        ("jobs", "SELECT count(*) AS n FROM run_jobs WHERE project_id = ?"),
-        ("assets", "SELECT count(*) AS n FROM assets WHERE project_id = ?"),
-    ):
-        counts[key] = await _count(services, sql, row["id"])
+async def project_detail(slug: FromPath[str], services: ServicesDep, request: Request) -> Response[bytes]:
+    as_of = await time_travel.as_of_param(services, request)
+    if as_of is not None:  # the detail as it was after that event, folded from the project's events
+        return await time_travel.project_detail(services, slug, as_of)
+    row = await _project_with_storage(services, slug, counts=True)
     return responses.ok(
-        project=read.project_detail(row), counts=counts, storage=await _storage_payload(services, row)
+        project=read.project_detail(row),
+        counts=read.detail_counts(row),
+        storage=_storage_payload(services, row),
     )
-
-
-async def _count(services: Services, sql: str, project_id: str) -> int:
-    """Counts of read models that later work adds; 0 while their tables do not exist yet."""
-    try:
-        return int(await services.reader.scalar(sql, (project_id,)) or 0)
-    except Exception as exc:  # sqlite3.OperationalError: no such table
-        if "no such table" in str(exc):
-            return 0
-        raise
 
 
 @get("/{slug:str}/storage")
 async def get_storage(slug: FromPath[str], services: ServicesDep) -> Response[bytes]:
-    row = await project_row(services, slug)
-    return responses.ok(project=read.project_summary(row), storage=await _storage_payload(services, row))
+    row = await _project_with_storage(services, slug)
+    return responses.ok(project=read.project_summary(row), storage=_storage_payload(services, row))
 
 
 async def _storage_response(
@@ -92,7 +88,7 @@ async def _storage_response(
     assert row is not None
     return responses.ok(
         project=read.project_summary(row),
-        storage=await _storage_payload(services, row),
+        storage=_storage_payload(services, row),
         updated=updated,
         audit_id=outcome.audit_id,
     )
@@ -103,22 +99,22 @@ async def put_local_storage(
     slug: FromPath[str], data: JSONBody[domain.UpdateLocalStorage], services: ServicesDep
 ) -> Response[bytes]:
     domain.check_local_storage(data)
-    state = await project_state(services, slug)
+    project = await project_id(services, slug)
     outcome = await services.commands.on_project(
-        state.id, lambda s, meta: [domain.decide_local_storage(s, data, meta)]
+        project, lambda s, meta: [domain.decide_local_storage(s, data, meta)]
     )
-    return await _storage_response(services, outcome, state.id, "local")
+    return await _storage_response(services, outcome, project, "local")
 
 
 @put("/{slug:str}/storage/s3")
 async def put_s3_storage(
     slug: FromPath[str], data: JSONBody[domain.UpdateS3Storage], services: ServicesDep
 ) -> Response[bytes]:
-    state = await project_state(services, slug)
+    project = await project_id(services, slug)
     outcome = await services.commands.on_project(
-        state.id, lambda s, meta: [domain.decide_s3_storage(s, data, meta)]
+        project, lambda s, meta: [domain.decide_s3_storage(s, data, meta)]
     )
-    return await _storage_response(services, outcome, state.id, "s3")
+    return await _storage_response(services, outcome, project, "s3")
 
 
 router = Router(

@@ -8,7 +8,7 @@ DELETE echoes the code exactly as it appeared in the path.
 
 from __future__ import annotations
 
-from litestar import Response, Router, delete, get, post, put
+from litestar import Request, Response, Router, delete, get, post, put
 from litestar.params import FromPath, JSONBody
 
 from kroma.domain import provider_accounts as domain
@@ -16,7 +16,7 @@ from kroma.domain import records
 from kroma.domain.aggregate import ProjectState
 from kroma.domain.errors import NotFound
 from kroma.domain.slugs import normalize_slug
-from kroma.http import responses
+from kroma.http import responses, time_travel
 from kroma.http.deps import ServicesDep, project_row, project_state
 from kroma.http.routes.records import settled_view
 from kroma.projections.records import PROVIDER_ACCOUNTS as ACCOUNTS
@@ -37,7 +37,12 @@ async def _state(services: Services, slug: str, code: str) -> tuple[ProjectState
 
 
 @get("/")
-async def list_accounts(slug: FromPath[str], services: ServicesDep) -> Response[bytes]:
+async def list_accounts(slug: FromPath[str], services: ServicesDep, request: Request) -> Response[bytes]:
+    as_of = await time_travel.as_of_param(services, request)
+    if as_of is not None:  # the list as it was after that event, folded from the project's events
+        async with time_travel.project_as_of(services, slug, as_of) as (past, rm):
+            accounts = await ACCOUNTS.all(rm, past["id"])
+        return responses.ok(count=len(accounts), provider_accounts=accounts)
     project = await project_row(services, slug)
     accounts = await ACCOUNTS.all(services.reader, project["id"])
     return responses.ok(count=len(accounts), provider_accounts=accounts)

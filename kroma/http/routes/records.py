@@ -13,15 +13,15 @@ duplicate name). Every mutation answers `audit_id`, the id of the event it appen
 from typing import Any
 
 import msgspec
-from litestar import Response, Router, delete, get, post, put
+from litestar import Request, Response, Router, delete, get, post, put
 from litestar.params import FromPath, JSONBody
 
 from kroma.domain import records
 from kroma.domain.errors import NotFound
 from kroma.domain.handling import Outcome
 from kroma.domain.records import RecordKind
-from kroma.http import responses
-from kroma.http.deps import ServicesDep, project_row, project_state
+from kroma.http import responses, time_travel
+from kroma.http.deps import ServicesDep, project_id, project_row
 from kroma.projections.records import RecordProjection
 from kroma.services import Services
 
@@ -44,7 +44,12 @@ def named_router(path: str, table: RecordProjection, body: type[msgspec.Struct],
     kind: RecordKind = table.kind
 
     @get("/")
-    async def list_records(slug: FromPath[str], services: ServicesDep) -> Response[bytes]:
+    async def list_records(slug: FromPath[str], services: ServicesDep, request: Request) -> Response[bytes]:
+        as_of = await time_travel.as_of_param(services, request)
+        if as_of is not None:  # the list as it was after that event, folded from the project's events
+            async with time_travel.project_as_of(services, slug, as_of) as (past, rm):
+                views = await table.all(rm, past["id"])
+            return responses.ok(**{"count": len(views), kind.collection: views})
         project = await project_row(services, slug)
         views = await table.all(services.reader, project["id"])
         return responses.ok(**{"count": len(views), kind.collection: views})
@@ -56,12 +61,12 @@ def named_router(path: str, table: RecordProjection, body: type[msgspec.Struct],
         services: ServicesDep,
     ) -> Response[bytes]:
         values = records.create_values(kind, data)
-        state = await project_state(services, slug)
+        project = await project_id(services, slug)
         new_id = services.clock.new_id()
         outcome = await services.commands.on_project(
-            state.id, lambda s, meta: [records.decide_create(kind, s, values, new_id, meta)]
+            project, lambda s, meta: [records.decide_create(kind, s, values, new_id, meta)]
         )
-        view = await settled_view(services, outcome, table, state.id, new_id)
+        view = await settled_view(services, outcome, table, project, new_id)
         return responses.ok(**{kind.entity: view, "audit_id": outcome.audit_id})
 
     @get("/{record_id:str}")
@@ -82,20 +87,20 @@ def named_router(path: str, table: RecordProjection, body: type[msgspec.Struct],
         services: ServicesDep,
     ) -> Response[bytes]:
         patch = records.update_patch(kind, data)
-        state = await project_state(services, slug, kind.not_found)
+        project = await project_id(services, slug, kind.not_found)
         outcome = await services.commands.on_project(
-            state.id, lambda s, meta: [records.decide_update(kind, s, record_id, patch, meta)]
+            project, lambda s, meta: [records.decide_update(kind, s, record_id, patch, meta)]
         )
-        view = await settled_view(services, outcome, table, state.id, record_id)
+        view = await settled_view(services, outcome, table, project, record_id)
         return responses.ok(**{kind.entity: view, "audit_id": outcome.audit_id})
 
     @delete("/{record_id:str}", status_code=200)
     async def delete_record(
         slug: FromPath[str], record_id: FromPath[str], services: ServicesDep
     ) -> Response[bytes]:
-        state = await project_state(services, slug, kind.not_found)
+        project = await project_id(services, slug, kind.not_found)
         outcome = await services.commands.on_project(
-            state.id, lambda s, meta: [records.decide_delete(kind, s, record_id, meta)]
+            project, lambda s, meta: [records.decide_delete(kind, s, record_id, meta)]
         )
         await services.settle(outcome.append.last_position)
         return responses.ok(deleted=True, id=record_id, audit_id=outcome.audit_id)

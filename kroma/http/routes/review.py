@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncGenerator
-from pathlib import Path
 from typing import Any
 
-import anyio
 from litestar import Request, Response, Router, get
 from litestar.datastructures import ETag
 from litestar.params import FromPath
@@ -15,30 +12,16 @@ from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 
 from kroma.domain import runs as ev
 from kroma.domain.errors import NotFound
-from kroma.engine.paths import is_within
 from kroma.http import responses
 from kroma.http.deps import ServicesDep, project_row
 from kroma.http.routes.events import event_view
 from kroma.http.routes.pipeline import RUN_NOT_FOUND, project_root_of
-from kroma.imaging.contact_sheet import contact_sheet
+from kroma.http.streams import acquire_stream
 from kroma.projections import runs as read
+from kroma.run_files import asset_file, contact_sheet_png
 from kroma.services import Services
 
 ASSET_NOT_FOUND = "Asset not found"
-
-
-def asset_file(services: Services, project_root: Path, asset: dict[str, Any]) -> Path | None:
-    """The asset's file on disk, only when it lies inside the project root or a root the server
-    may write to (an imported asset row cannot make the server read elsewhere)."""
-    uri = asset["storage_uri"] or asset["rel_path"]
-    if not uri or "://" in uri:
-        return None
-    path = Path(uri) if os.path.isabs(uri) else services.settings.app_root / uri
-    resolved = path.resolve()
-    roots = (project_root.resolve(), *(r.resolve() for r in services.settings.write_roots))
-    if not any(is_within(resolved, root) for root in roots) or not resolved.is_file():
-        return None
-    return resolved
 
 
 @get("/{slug:str}/assets/{asset_id:str}/content")
@@ -77,40 +60,7 @@ async def run_contact_sheet(slug: FromPath[str], run_id: FromPath[str], services
     """Every candidate of every job in a grid: labelled, the winner marked, rejects crossed out."""
     row, run = await _run_row(services, slug, run_id)
     storage = await services.reader.one("SELECT * FROM project_storage WHERE project_id = ?", (row["id"],))
-    project_root = project_root_of(services, storage or {}, row["slug"])
-    assets = {
-        a["id"]: a
-        for a in await services.reader.all("SELECT * FROM assets WHERE run_id = ?", (run["id"],))
-    }
-    jobs = []
-    for job in await read.jobs_of_run(services.reader, run["id"]):
-        candidates = []
-        for c in job["candidates"]:
-            asset = assets.get(c["final_asset_id"]) or assets.get(c["output_asset_id"])  # after the passes
-            path = asset_file(services, project_root, read.asset_view(asset)) if asset else None
-            candidates.append(
-                {
-                    "label": f"c{c['candidate_index']}",
-                    "path": path,
-                    "status": c["status"],
-                    "winner": job["selected_candidate_index"] == c["candidate_index"],
-                    "rank": {
-                        "hard_failures": c["rank_hard_failures"],
-                        "soft_warnings": c["rank_soft_warnings"],
-                        "avg_chroma_exceed": c["rank_avg_chroma_exceed"],
-                    },
-                }
-            )
-        jobs.append({"job_key": job["job_key"], "candidates": candidates})
-
-    def render() -> bytes:
-        for job in jobs:
-            for c in job["candidates"]:
-                path = c.pop("path")
-                c["image"] = path.read_bytes() if path is not None else None
-        return contact_sheet(jobs)
-
-    png = await anyio.to_thread.run_sync(render, limiter=services.engine.cpu)
+    png = await contact_sheet_png(services, project_root_of(services, storage or {}, row["slug"]), run["id"])
     return Response(png, media_type="image/png")
 
 
@@ -122,6 +72,7 @@ async def run_events(slug: FromPath[str], run_id: FromPath[str], services: Servi
     resume = request.headers.get("last-event-id", "").strip()
     after = int(resume) if resume.isdigit() else 0
     stream = ev.run_stream(run_id)
+    lease = acquire_stream(request)  # a bounded number per token: 429 past it
 
     async def feed() -> AsyncGenerator[ServerSentEventMessage, None]:
         sent = 0  # the stream version sent last
@@ -139,7 +90,7 @@ async def run_events(slug: FromPath[str], run_id: FromPath[str], services: Servi
                 if event.type in ev.RUN_ENDS or _dry_run_done(events, event):
                     return
 
-    return ServerSentEvent(feed())
+    return ServerSentEvent(lease.hold(feed()), background=lease.background())
 
 
 def _dry_run_done(events: list[Any], event: Any) -> bool:

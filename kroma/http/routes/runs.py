@@ -15,6 +15,7 @@ from kroma.domain.errors import NotFound
 from kroma.http import responses
 from kroma.http.deps import ServicesDep, project_row
 from kroma.http.params import limit_param
+from kroma.http.routes.exports import create_export_route
 from kroma.http.routes.uploads import upload_assets
 from kroma.projections import runs as read
 from kroma.services import Services
@@ -91,6 +92,7 @@ router = Router(
         list_quality_reports,
         list_cost_events,
         list_exports,
+        create_export_route,  # same path as list_exports (kroma.http.routes.exports)
         export_detail,
     ],
     tags=["runs"],
