@@ -220,7 +220,7 @@ def _read(handle: BinaryIO, size: int) -> bytes:
 def _config(target: S3Target) -> Config:
     return Config(
         region_name=target.region or None,
-        retries={"max_attempts": 3, "mode": "standard"},
+        retries={"mode": "standard"},  # 3 attempts; AWS_MAX_ATTEMPTS (the usual chain) overrides
         connect_timeout=5,
         read_timeout=60,
         # Only the checksums S3 requires: S3-compatible servers refuse the newer default ones.

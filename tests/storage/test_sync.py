@@ -193,8 +193,9 @@ def test_missing_bucket_is_a_clear_400_and_records_nothing(
 
 
 def test_unreachable_endpoint_is_a_502_and_records_nothing(
-    client: TestClient, s3_project: dict, project_root: Path
+    client: TestClient, s3_project: dict, project_root: Path, monkeypatch: Any
 ) -> None:
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # no retries with backoff: the answer comes at once
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
