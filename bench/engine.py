@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.remove(str(Path(__file__).resolve().parent))  # else bench/http.py shadows the stdlib's http
 
 from litestar.testing import TestClient
 from PIL import Image
