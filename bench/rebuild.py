@@ -148,9 +148,6 @@ async def rebuild(data_dir: Path, url: str = "", schema: str = "kroma") -> dict:
         await services.runner.rebuild()
         seconds = time.perf_counter() - started
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        # A long log's entity read models are folded by a worker process at the same time: its
-        # peak counts too (added, as if both peaked at once).
-        worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         # A second, traced pass for the Python heap peak (tracemalloc slows allocation, so the
         # timed pass above runs without it).
         tracemalloc.start()
@@ -162,9 +159,7 @@ async def rebuild(data_dir: Path, url: str = "", schema: str = "kroma") -> dict:
             "seconds": round(seconds, 3),
             "events_per_s": round(head / seconds),
             "python_heap_peak_mb": round(traced_peak / 2**20, 1),
-            "peak_rss_mb": round(rss_mb + worker_mb, 1),
-            "peak_rss_mb_rebuild_process": round(rss_mb, 1),
-            "peak_rss_mb_worker_process": round(worker_mb, 1),
+            "peak_rss_mb": round(rss_mb, 1),
             "projections": len(services.runner.projections),
         }
     finally:

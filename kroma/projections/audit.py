@@ -230,9 +230,9 @@ class AuditProjection:
         self.apply_many(db, [event])
 
     def apply_many(self, db: sqlite3.Connection, events: list[Event]) -> None:
-        """Fold a page: the rows folding it event by event would leave (first event of a command
+        """Fold a page: the rows folding it event by event would leave (the first event of a command
         inserts its entry, later ones count and may fill the project or set the summary), with one
-        lookup per page and one write per command."""
+        upsert per command: no lookup first, which at a million entries costs as much as the write."""
         groups: dict[str, list[Any]] = {}  # group -> [first event, count, project id, summary event]
         for event in events:
             group = event.metadata.correlation_id or event.event_id
@@ -249,66 +249,44 @@ class AuditProjection:
                 entry[2] = project_id
             if summary_event is not None:
                 entry[3] = summary_event
-        existing = self._existing(db, list(groups))
-        inserts: list[tuple[Any, ...]] = []
-        counts: list[tuple[Any, ...]] = []
-        summaries: list[tuple[Any, ...]] = []
+        counted: list[tuple[Any, ...]] = []
+        summarized: list[tuple[Any, ...]] = []
         for group, (first, count, project_id, summary_event) in groups.items():
-            found = existing.get(group)
-            if found is None:
-                shown = summary_event or first
-                entity, entity_id, summary = summarize(shown)
-                meta = first.metadata
-                inserts.append(
-                    (
-                        first.position,
-                        first.event_id,
-                        group,
-                        project_id,
-                        shown.type,
-                        meta.actor_user_id,
-                        meta.token_id,
-                        meta.request_id,
-                        first.recorded_at,
-                        entity,
-                        entity_id,
-                        _summary_text(summary),
-                        count,
-                    )
-                )
-                continue
-            counts.append((count, project_id, found))
-            if summary_event is not None:
-                entity, entity_id, summary = summarize(summary_event)
-                summaries.append(
-                    (summary_event.type, entity, entity_id, _summary_text(summary), found)
-                )
-        if inserts:
-            db.executemany("INSERT INTO audit_entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", inserts)
-        if counts:
-            db.executemany(
-                "UPDATE audit_entries SET event_count = event_count + ?, project_id = coalesce(project_id, ?)"
-                " WHERE position = ?",
-                counts,
+            shown = summary_event or first
+            entity, entity_id, summary = summarize(shown)
+            meta = first.metadata
+            row = (
+                first.position,
+                first.event_id,
+                group,
+                project_id,
+                shown.type,
+                meta.actor_user_id,
+                meta.token_id,
+                meta.request_id,
+                first.recorded_at,
+                entity,
+                entity_id,
+                _summary_text(summary),
+                count,
             )
-        if summaries:
-            db.executemany(
-                "UPDATE audit_entries SET type = ?, entity_type = ?, entity_id = ?, summary = ? WHERE position = ?",
-                summaries,
-            )
+            (counted if summary_event is None else summarized).append(row)
+        if counted:
+            db.executemany(_UPSERT, counted)
+        if summarized:
+            db.executemany(_UPSERT_SUMMARY, summarized)
 
-    @staticmethod
-    def _existing(db: sqlite3.Connection, groups: list[str]) -> dict[str, int]:
-        """group id -> position of the entries already stored for those groups."""
-        found: dict[str, int] = {}
-        for start in range(0, len(groups), 500):
-            chunk = groups[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            found.update(
-                db.execute(f"SELECT group_id, position FROM audit_entries WHERE group_id IN ({marks})", chunk)
-            )
-        return found
 
+# A command's first event inserts its entry; the entry of a command seen before (in an earlier page)
+# only counts the events and fills the project, and a summary event also sets what it shows.
+_UPSERT = (
+    "INSERT INTO audit_entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (group_id) DO UPDATE SET"
+    " event_count = event_count + excluded.event_count, project_id = coalesce(project_id, excluded.project_id)"
+)
+_UPSERT_SUMMARY = (
+    _UPSERT + ", type = excluded.type, entity_type = excluded.entity_type, entity_id = excluded.entity_id,"
+    " summary = excluded.summary"
+)
 
 _summary_json = msgspec.json.Encoder(order="sorted")
 

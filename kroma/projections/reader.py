@@ -84,11 +84,6 @@ class ReadModels:
     def _over_budget(self) -> int:
         return 1 if time.perf_counter() > self._deadline else 0
 
-    async def reopen(self) -> None:
-        """Open the file again (after it was replaced by another one at the same path)."""
-        await self.close()
-        await self.open()
-
     async def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         db = self._inline
         assert db is not None, "read models are not open"

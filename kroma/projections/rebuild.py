@@ -26,21 +26,17 @@ import fcntl
 import gc
 import os
 import sqlite3
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import cast
 
 import aiosqlite
 
 from kroma import dbthread
-from kroma.events.store import EventStore
 from kroma.projections.runner import HOST, RUNNER_TABLES, Progress, ProjectionRunner
 
 PAUSE_SECONDS = 120.0  # the longest a swap may pause the live runners (a dead rebuilder's pause ends sooner)
 PROGRESS_EVERY = 1.0  # seconds between progress notes in the live file
-PARALLEL_MIN_EVENTS = 100_000  # a shorter fold is over before a worker process has started
 CACHE_KIB = 32 * 1024  # page cache of a fresh file while it is built (peak RSS stays bounded)
 
 
@@ -162,20 +158,7 @@ def _swap_into(db: sqlite3.Connection, live_path: str) -> None:
             live.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-# -- folding a fresh file, in two processes when the log is long ------------------------------------
-
-
-def _split(runner: ProjectionRunner) -> tuple[list[str], list[str]] | None:
-    """(the projections of every event, the others) when both kinds exist and the others are the
-    catalog's own (another process can build them by name), else None."""
-    from kroma.projections.catalog import all_projections
-
-    catalog = {p.name: type(p) for p in all_projections()}
-    every = [p.name for p in runner.projections if p.handles is None]
-    others = [p for p in runner.projections if p.handles is not None]
-    if not every or not others or any(catalog.get(p.name) is not type(p) for p in others):
-        return None
-    return every, [p.name for p in others]
+# -- folding a fresh file --------------------------------------------------------------------------
 
 
 async def _fold_fresh(
@@ -183,14 +166,13 @@ async def _fold_fresh(
     progress: Progress | None,
     on_page: Callable[[int, int], None] | None = None,
     until: int | None = None,
-    parallel: bool = True,
 ) -> int:
-    """Fold a scratch file up to the head (or `until`) and create its deferred indexes. A long log
-    is folded by two processes at once: the projections of every event (the event index, the audit
-    trail) here, the others in a worker process into a side file, whose tables are then copied in
-    whole (SQLite's transfer of identical tables: record by record, no re-indexing)."""
+    """Fold a scratch file up to the head (or `until`), then create its deferred indexes."""
+    assert fresh._conn is not None
     with _frozen_heap():
-        return await _fold(fresh, progress, on_page, until, parallel)
+        reached = await fresh.build(progress, until, on_page)
+    await dbthread.run(fresh._conn, fresh.create_deferred_indexes)
+    return reached
 
 
 @contextlib.contextmanager
@@ -202,143 +184,6 @@ def _frozen_heap() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
-
-
-async def _fold(
-    fresh: ProjectionRunner,
-    progress: Progress | None,
-    on_page: Callable[[int, int], None] | None,
-    until: int | None,
-    parallel: bool,
-) -> int:
-    assert fresh._conn is not None
-    events_db = getattr(fresh.store, "path", None)
-    head = await fresh.store.head()
-    todo = (head if until is None else min(head, until)) - min((await fresh.checkpoints()).values(), default=0)
-    split = _split(fresh) if parallel and isinstance(events_db, str) else None
-    if split is None or todo < PARALLEL_MIN_EVENTS or (os.cpu_count() or 1) < 2:
-        reached = await fresh.build(progress, until, on_page)
-        await dbthread.run(fresh._conn, fresh.create_deferred_indexes)
-        return reached
-    assert isinstance(events_db, str)
-    every, others = split
-    side = f"{fresh.path}.side"
-    progress_of = _Combined(progress)
-    worker = await _start_worker(events_db, side, others, fresh.page, until)
-    try:
-        watching = asyncio.create_task(_watch(worker, progress_of))
-        fresh.set_active(every)
-        try:
-            own = await fresh.build(progress_of.own, until, on_page)
-            tables = [t for p in fresh.projections if p.name in every for t in p.tables]
-            await dbthread.run(fresh._conn, fresh.create_deferred_indexes, tables)
-        finally:
-            fresh.set_active(None)
-        theirs = await watching
-        await dbthread.run(fresh._conn, _merge_side, fresh, side, others)
-        return min(own, theirs)
-    finally:
-        if worker.returncode is None:
-            worker.kill()
-            await worker.wait()
-        _remove(side)
-
-
-class _Combined:
-    """Progress of two folds as one: the lower of the two positions."""
-
-    def __init__(self, progress: Progress | None) -> None:
-        self.progress = progress
-        self.positions = [0, 0]
-        self.head = 0
-        self.shown = 0
-
-    def _show(self) -> None:
-        low = min(self.positions)
-        if self.progress is not None and low > self.shown:
-            self.shown = low
-            self.progress(low, max(self.head, low))
-
-    def own(self, position: int, head: int) -> None:
-        self.positions[0], self.head = position, max(self.head, head)
-        self._show()
-
-    def theirs(self, position: int) -> None:
-        self.positions[1] = position
-        self._show()
-
-
-async def _start_worker(
-    events_db: str, side: str, names: Sequence[str], page: int, until: int | None
-) -> asyncio.subprocess.Process:
-    _remove(side)
-    args = [sys.executable, "-m", "kroma.projections.rebuild", events_db, side, ",".join(names), str(page)]
-    if until is not None:
-        args.append(str(until))
-    return await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-
-
-async def _watch(worker: asyncio.subprocess.Process, progress: _Combined) -> int:
-    """Follow the worker's progress lines; its final position once it exits cleanly."""
-    assert worker.stdout is not None and worker.stderr is not None
-    reached = None
-    async for line in worker.stdout:
-        kind, _, value = line.decode().partition(" ")
-        if kind in ("at", "done"):
-            progress.theirs(int(value))
-        if kind == "done":
-            reached = int(value)
-    errors = (await worker.stderr.read()).decode(errors="replace").strip()
-    if await worker.wait() != 0 or reached is None:
-        raise RuntimeError(f"the rebuild worker failed: {errors.splitlines()[-1] if errors else worker.returncode}")
-    return reached
-
-
-def _merge_side(db: sqlite3.Connection, fresh: ProjectionRunner, side: str, names: Sequence[str]) -> None:
-    """Copy the side file's tables (empty here) with their checkpoints and failures into the fresh file."""
-    tables = [t for p in fresh.projections if p.name in names for t in p.tables]
-    fresh.create_deferred_indexes(db, tables)  # on empty tables, so the transfer copies the side's indexes
-    db.execute("ATTACH DATABASE ? AS side", (side,))
-    try:
-        db.execute("BEGIN")
-        for table in tables:
-            db.execute(f'INSERT INTO main."{table}" SELECT * FROM side."{table}"')
-        db.executemany(
-            "UPDATE main.checkpoints SET position = ? WHERE name = ?",
-            [(pos, name) for name, pos in db.execute("SELECT name, position FROM side.checkpoints")],
-        )
-        db.execute("INSERT OR REPLACE INTO main.projection_failures SELECT * FROM side.projection_failures")
-        db.execute("COMMIT")
-    finally:
-        db.execute("DETACH DATABASE side")
-
-
-def _work(events_db: str, side: str, names: Sequence[str], page: int, until: int | None) -> int:
-    """In the worker process: fold the named catalog projections into the side file."""
-    from kroma.events.sqlite import PageReader
-    from kroma.projections.catalog import all_projections
-
-    projections = [p for p in all_projections() if p.name in names]
-    runner = ProjectionRunner(cast(EventStore, None), side, projections, page, scratch=True)  # reads the file itself
-    db = sqlite3.connect(side, isolation_level=None)
-    try:
-        for pragma in ("journal_mode=MEMORY", "synchronous=OFF", f"cache_size=-{CACHE_KIB}"):
-            db.execute(f"PRAGMA {pragma}")
-        runner._prepare(db)
-        last = [0.0]
-
-        def at(position: int) -> None:
-            if time.monotonic() - last[0] >= 0.2:
-                last[0] = time.monotonic()
-                print(f"at {position}", flush=True)
-
-        reached = runner._build_pages(db, PageReader(events_db), until, at)
-        runner.create_deferred_indexes(db)
-        return reached
-    finally:
-        db.close()
 
 
 async def rebuild_live(
@@ -359,7 +204,7 @@ async def rebuild_live(
 
             head = await runner.store.head()
             await asyncio.to_thread(notes.building, 0, head, True)
-            reached = await _fold_fresh(fresh, progress, notes.building, parallel=not names)
+            reached = await _fold_fresh(fresh, progress, notes.building)
             await asyncio.to_thread(notes.pause, reached, head)
             reached = await fresh.build(progress)  # what was appended meanwhile; the live file waits
             await dbthread.run(fresh._conn, _carry_over, live, owned)
@@ -392,9 +237,3 @@ async def build_as_of(
     finally:
         await built.close()
 
-
-if __name__ == "__main__":  # the rebuild worker: python -m kroma.projections.rebuild EVENTS SIDE NAMES PAGE [UNTIL]
-    _events, _side, _names, _page, *_until = sys.argv[1:]
-    gc.disable()  # a short-lived process that folds and exits: nothing for the collector to win
-    _reached = _work(_events, _side, _names.split(","), int(_page), int(_until[0]) if _until else None)
-    print(f"done {_reached}", flush=True)

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import socket
 import sqlite3
 import time
@@ -70,7 +69,6 @@ FAULT_PATIENCE = 2.0  # seconds a read-your-writes wait lasts while the read mod
 
 Progress = Callable[[int, int], None]  # (position reached, head)
 HOST = socket.gethostname()
-_INDEXED_TABLE = re.compile(r"\bON\s+(\w+)", re.IGNORECASE)
 
 
 def pid_alive(host: str, pid: int) -> bool:
@@ -115,8 +113,7 @@ class ProjectionRunner:
         self._advanced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._routes: dict[str, tuple[int, ...]] = {}  # event type -> indexes of the selective projections
-        self._deferred: list[tuple[str, str]] = []  # (table, CREATE INDEX) a scratch file runs at the end
-        self.active: frozenset[str] | None = None  # fold only these projections (None: all)
+        self._deferred: list[str] = []  # CREATE INDEX statements a scratch file runs at the end
 
     def by_name(self, name: str) -> Projection:
         for p in self.projections:
@@ -178,32 +175,19 @@ class ProjectionRunner:
             if not statement.strip():
                 continue
             if self.scratch and statement.lstrip().upper().startswith("CREATE INDEX"):
-                table = _INDEXED_TABLE.search(statement)
-                self._deferred.append((table.group(1) if table else "", statement))
+                self._deferred.append(statement)
                 continue
             db.execute(statement)
 
-    def create_deferred_indexes(self, db: sqlite3.Connection, tables: Sequence[str] | None = None) -> None:
-        """Create the indexes `_create` deferred (those of `tables`, or all)."""
-        chosen = [(t, sql) for t, sql in self._deferred if tables is None or t in tables]
+    def create_deferred_indexes(self, db: sqlite3.Connection) -> None:
+        """Create the indexes `_create` deferred."""
 
         def create(db: sqlite3.Connection) -> None:
-            for _table, statement in chosen:
+            for statement in self._deferred:
                 db.execute(statement)
 
         dbthread.in_transaction(db, create)
-        self._deferred = [d for d in self._deferred if d not in chosen]
-
-    def set_active(self, names: Sequence[str] | None) -> None:
-        """Fold only the named projections from now on (None: every one)."""
-        self.active = None if names is None else frozenset(names)
-        self._routes.clear()
-
-    def _is_active(self, p: Projection) -> bool:
-        return self.active is None or p.name in self.active
-
-    def _active(self, name: str) -> bool:
-        return self.active is None or name in self.active
+        self._deferred.clear()
 
     def reset(self, db: sqlite3.Connection, names: Sequence[str]) -> None:
         """Empty the named projections' tables and set their checkpoints to 0 (one transaction)."""
@@ -229,9 +213,7 @@ class ProjectionRunner:
             targets = routes.get(event.type)
             if targets is None:
                 targets = routes[event.type] = tuple(
-                    i
-                    for i, p in enumerate(self.projections)
-                    if p.handles is not None and event.type in p.handles and self._is_active(p)
+                    i for i, p in enumerate(self.projections) if p.handles is not None and event.type in p.handles
                 )
             for i in targets:
                 groups[i].append(event)  # type: ignore[union-attr]  # selective ones have lists
@@ -254,8 +236,6 @@ class ProjectionRunner:
             first, last = events[0].position, events[-1].position
             groups = self._route(events)
             for p, group in zip(self.projections, groups, strict=True):
-                if not self._is_active(p):
-                    continue
                 checkpoint = checkpoints.get(p.name, 0)
                 if checkpoint >= last or checkpoint < first - 1:
                     continue  # up to date, or behind this page (it catches up next round)
@@ -266,7 +246,7 @@ class ProjectionRunner:
                     self._fold(db, p, mine, isolate)
                 db.execute("UPDATE checkpoints SET position = ? WHERE name = ?", (last, p.name))
                 checkpoints[p.name] = last
-            return min((checkpoints.get(p.name, 0) for p in self.projections if self._is_active(p)), default=last)
+            return min((checkpoints.get(p.name, 0) for p in self.projections), default=last)
 
         return dbthread.in_transaction(db, apply)
 
@@ -379,10 +359,7 @@ class ProjectionRunner:
         self, db: sqlite3.Connection, reader: Any, until: int | None, reached_page: Callable[[int], None]
     ) -> int:
         try:
-            low = min(
-                (pos for name, pos in db.execute("SELECT name, position FROM checkpoints") if self._active(name)),
-                default=0,
-            )
+            low = min((pos for (pos,) in db.execute("SELECT position FROM checkpoints")), default=0)
             while until is None or low < until:
                 limit = self.page if until is None else min(self.page, until - low)
                 events = reader.read(low, limit)

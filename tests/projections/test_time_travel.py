@@ -122,14 +122,10 @@ def prefix_read_models(live: Path, until: int, folder: Path) -> dict[str, list[t
     return tables
 
 
-@pytest.mark.parametrize(
-    ("style", "processes"), [("--out", 1), ("--out", 2), ("--data-dir with KROMA_DATA_DIR", 1)]
-)
+@pytest.mark.parametrize("style", ["--out", "--data-dir with KROMA_DATA_DIR"])
 def test_rebuild_until_builds_the_read_models_as_of_that_position_elsewhere_and_leaves_the_live_ones(
-    live: Path, tmp_path: Path, style: str, processes: int, monkeypatch: pytest.MonkeyPatch
+    live: Path, tmp_path: Path, style: str
 ) -> None:
-    if processes == 2:  # as a long log is: the entity read models folded in a worker process
-        monkeypatch.setattr("kroma.projections.rebuild.PARALLEL_MIN_EVENTS", 1)
     until = 12
     before = _dump(str(live / "readmodels.db"))
     out = tmp_path / "as-of"

@@ -12,7 +12,7 @@ from kroma.domain.handling import Decision, Outcome
 from kroma.domain.slugs import normalize_slug
 from kroma.events.envelope import Metadata
 from kroma.http import responses, time_travel
-from kroma.http.deps import ServicesDep, project_id
+from kroma.http.deps import ServicesDep, project_id, services_of
 from kroma.projections import projects as read
 from kroma.services import Services
 
@@ -23,7 +23,8 @@ def _storage_payload(services: Services, row: dict) -> dict:
 
 
 @get("/")
-async def list_projects(services: ServicesDep, request: Request) -> Response[bytes]:
+async def list_projects(request: Request) -> Response[bytes]:
+    services = services_of(request)  # read routes skip dependency injection: ~13 us a request
     username = normalize_slug(request.query_params.get("username"))  # un-normalisable: ignored
     projects = await read.list_projects(services.reader, username)
     return responses.ok(count=len(projects), projects=projects)
@@ -62,7 +63,8 @@ async def _project_with_storage(services: Services, slug: str, counts: bool = Fa
 
 
 @get("/{slug:str}")
-async def project_detail(slug: FromPath[str], services: ServicesDep, request: Request) -> Response[bytes]:
+async def project_detail(slug: FromPath[str], request: Request) -> Response[bytes]:
+    services = services_of(request)
     as_of = await time_travel.as_of_param(services, request)
     if as_of is not None:  # the detail as it was after that event, folded from the project's events
         return await time_travel.project_detail(services, slug, as_of)
@@ -75,7 +77,8 @@ async def project_detail(slug: FromPath[str], services: ServicesDep, request: Re
 
 
 @get("/{slug:str}/storage")
-async def get_storage(slug: FromPath[str], services: ServicesDep) -> Response[bytes]:
+async def get_storage(slug: FromPath[str], request: Request) -> Response[bytes]:
+    services = services_of(request)
     row = await _project_with_storage(services, slug)
     return responses.ok(project=read.project_summary(row), storage=_storage_payload(services, row))
 

@@ -21,7 +21,7 @@ from kroma.domain.errors import NotFound
 from kroma.domain.handling import Outcome
 from kroma.domain.records import RecordKind
 from kroma.http import responses, time_travel
-from kroma.http.deps import ServicesDep, project_id, project_row
+from kroma.http.deps import ServicesDep, project_id, project_row, services_of
 from kroma.projections.records import RecordProjection
 from kroma.services import Services
 
@@ -44,7 +44,8 @@ def named_router(path: str, table: RecordProjection, body: type[msgspec.Struct],
     kind: RecordKind = table.kind
 
     @get("/")
-    async def list_records(slug: FromPath[str], services: ServicesDep, request: Request) -> Response[bytes]:
+    async def list_records(slug: FromPath[str], request: Request) -> Response[bytes]:
+        services = services_of(request)  # read routes skip dependency injection: ~13 us a request
         as_of = await time_travel.as_of_param(services, request)
         if as_of is not None:  # the list as it was after that event, folded from the project's events
             async with time_travel.project_as_of(services, slug, as_of) as (past, rm):
@@ -70,9 +71,8 @@ def named_router(path: str, table: RecordProjection, body: type[msgspec.Struct],
         return responses.ok(**{kind.entity: view, "audit_id": outcome.audit_id})
 
     @get("/{record_id:str}")
-    async def get_record(
-        slug: FromPath[str], record_id: FromPath[str], services: ServicesDep
-    ) -> Response[bytes]:
+    async def get_record(slug: FromPath[str], record_id: FromPath[str], request: Request) -> Response[bytes]:
+        services = services_of(request)
         project = await project_row(services, slug, kind.not_found)
         view = await table.one(services.reader, project["id"], record_id)
         if view is None:
