@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -85,7 +86,18 @@ def serve(data_dir: str | None, bind: str | None, demo: bool) -> None:
         handle_exit(sig, frame)
 
     server.handle_exit = stop  # type: ignore[method-assign]
+    _tune_gc_for_serving()
     server.run()
+
+
+def _tune_gc_for_serving() -> None:
+    """A long-running server: what is alive once the app is built (modules, routes, settings) is
+    never garbage, so it leaves the collector's generations, and the youngest generation is
+    collected every 50,000 allocations instead of 700. Fewer and shorter pauses: in bench/http.py
+    the creates' p99 fell from about 100 ms to about 35 ms."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 # -- worker ----------------------------------------------------------------------------------------

@@ -274,9 +274,7 @@ class Commands:
         """Decide a group of project commands in order, each on the state its predecessors leave,
         submit them together, and keep the folded state only if every one of them committed."""
         async with self._load_lock(stream):
-            version, state = self._projects.get(stream, (0, None))
-            if state is None or _known_version(self.store, stream) != version:
-                state, version = await self._refresh(stream)  # someone else appended: read it
+            state, version = await self._current(stream)
             if state is None:
                 _fail(group, AssertionError("on_project needs an existing project"))
                 return
@@ -308,6 +306,24 @@ class Commands:
             else:  # the state holds events that were not written: fold it from the log again
                 self._projects.pop(stream, None)
             self._retry(lane, again)
+
+    async def _current(self, stream: str) -> tuple[ProjectState | None, int]:
+        """The stream's state for a group to decide on, with no append of this process pending on
+        it (the run engine's links, say), so the group's chained expected versions hold unless
+        another process writes; the log is read only when the store saw the version move."""
+        wait_for_stream = getattr(self.store, "wait_for_stream", None)
+        for _ in range(3):
+            if wait_for_stream is not None:
+                await wait_for_stream(stream)
+            version, state = self._projects.get(stream, (0, None))
+            known = _known_version(self.store, stream)
+            if state is not None and known == version:
+                break
+            await self._refresh(stream)  # someone else appended (or the store cannot tell): read it
+            if known is None:
+                break
+        version, state = self._projects.get(stream, (0, None))
+        return state, version
 
     def _submit_group(
         self, stream: str, state: ProjectState, version: int, group: list[_Job]

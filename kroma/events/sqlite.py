@@ -68,6 +68,7 @@ class _Command:
     key: str | None
     fingerprint: str
     future: asyncio.Future[AppendResult]
+    streams: frozenset[str] = frozenset()  # every stream it appends to or expects a version of
 
 
 @dataclass(slots=True)
@@ -116,6 +117,7 @@ class SQLiteEventStore:
         self._writer_conn: aiosqlite.Connection | None = None
         self._reader_conn: aiosqlite.Connection | None = None
         self._pending: list[_Command | _SaveResponse] = []
+        self._undecided: dict[str, int] = {}  # stream -> commands queued or being written
         self._wake = asyncio.Event()
         self._committed = asyncio.Event()
         self._visible_head = 0
@@ -199,9 +201,31 @@ class SQLiteEventStore:
             for e in events
         ]
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Command(rows, expected or {}, idempotency_key, fingerprint, future))
+        expected = expected or {}
+        streams = frozenset([*(r[1] for r in rows), *expected])
+        for stream_id in streams:
+            self._undecided[stream_id] = self._undecided.get(stream_id, 0) + 1
+        self._pending.append(_Command(rows, expected, idempotency_key, fingerprint, future, streams))
         self._wake.set()
         return future
+
+    def _decided(self, streams: frozenset[str]) -> None:
+        for stream_id in streams:
+            left = self._undecided[stream_id] - 1
+            if left:
+                self._undecided[stream_id] = left
+            else:
+                del self._undecided[stream_id]
+
+    async def wait_for_stream(self, stream_id: str, rounds: int = 3) -> None:
+        """Return once no command queued in this store touches the stream (looking at most
+        `rounds` batches ahead): a caller about to decide on the stream's version then meets
+        no append of this process that it could not see yet."""
+        for _ in range(rounds):
+            if not self._undecided.get(stream_id):
+                return
+            committed = self._committed
+            await committed.wait()
 
     def known_version(self, stream_id: str) -> int | None:
         """The stream's version as the writer last saw it, without I/O (None: not looked at yet).
@@ -231,6 +255,8 @@ class SQLiteEventStore:
                 continue
             outcomes = await self._write(batch)
             for item, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(item, _Command):
+                    self._decided(item.streams)
                 if item.future.done():
                     continue
                 if isinstance(outcome, BaseException):

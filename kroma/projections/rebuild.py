@@ -67,8 +67,10 @@ async def connect_scratch(path: str, copy_from: str | None = None, like: str | N
 
 
 def _connect_live(path: str) -> sqlite3.Connection:
+    """A connection to the live file with the durability its runners use (WAL, synchronous=NORMAL)."""
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA busy_timeout=5000")
+    db.execute("PRAGMA synchronous=NORMAL")
     return db
 
 

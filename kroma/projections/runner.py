@@ -367,7 +367,9 @@ class ProjectionRunner:
                     break
                 try:
                     reached = self._apply(db, events)
-                except Exception:
+                except Exception as exc:
+                    if storage_fault(exc):  # disk full or read-only: the rebuild fails, nothing is swapped
+                        raise
                     log.exception("projection page after %s failed; refolding it event by event", low)
                     reached = self._apply(db, events, True)
                 if reached is None or reached <= low:  # paused, or a projection stalls: not a scratch's case

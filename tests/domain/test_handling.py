@@ -201,3 +201,27 @@ async def test_a_command_that_keeps_losing_races_gets_a_conflict_not_an_internal
         with pytest.raises(Conflict):
             await commands.execute(decide)
         assert not [e for e in await store.read_stream("project:p1") if e.type == "style_guide.created"]
+
+
+async def test_an_append_of_this_process_still_queued_on_the_stream_is_waited_for_not_raced(
+    tmp_path: Path,
+) -> None:
+    """The run engine appends links to a project's stream behind the lane's back: a group decides
+    only once such an append is written, so it sees it and does not lose the race to it."""
+    async with SQLiteEventStore(str(tmp_path / "events.db")) as store:
+        await _project(store)
+        commands = Commands(store, Clock())
+        await commands.on_project("p1", _create("First", "g1"))
+        seen = _count_outcomes(store)
+        engine = {
+            "project_id": "p1",
+            "style_guide_id": "g2",
+            "name": "Engine's",
+            "instructions": "",
+            "notes": "",
+        }
+        queued = store.submit([NewEvent("project:p1", "style_guide.created", engine)])  # not yet written
+        with pytest.raises(ValidationError, match="Style guide name already exists"):
+            await commands.on_project("p1", _create("Engine's", "g3"))
+        await queued
+        assert seen["conflicts"] == 0
