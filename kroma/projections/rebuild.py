@@ -180,12 +180,15 @@ async def _fold_fresh(
 @contextlib.contextmanager
 def _frozen_heap() -> Iterator[None]:
     """While a fold runs, the collector leaves the objects that existed before it alone: a full
-    collection then walks only what the fold allocates, not the whole application's heap."""
+    collection then walks only what the fold allocates, not the whole application's heap. A heap
+    that was frozen already (`kroma serve` freezes its own) stays frozen afterwards."""
+    frozen_before = gc.get_freeze_count()
     gc.freeze()
     try:
         yield
     finally:
-        gc.unfreeze()
+        if not frozen_before:
+            gc.unfreeze()
 
 
 async def rebuild_live(
