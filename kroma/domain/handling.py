@@ -7,10 +7,13 @@ Commands on one stream do not race each other in this process: each stream has a
 that one task works through in arrival order. A project's commands (`on_project`) are taken from
 its lane in groups: each is decided against the state its predecessors in the group leave behind
 (their events folded in before they are written), and the whole group is submitted at once with
-chained expected versions, so it lands in one group commit of the store. Only a writer outside the
-lane (another process, the run engine's links, an `execute` command) can make an append conflict;
-then the state is loaded again and the command decided again, up to `MAX_ATTEMPTS` times, after
-which the caller gets `Conflict` (409): never an internal error.
+chained expected versions, so it lands in one group commit of the store. Before deciding, a lane
+waits for this process's own appends still queued on the stream (the run engine's links), and it
+reads the log only when the store saw the stream's version move. So only another process (or an
+`execute` command's first try) can make a group's append conflict; then the state is folded from
+the log again and the command decided again, up to `MAX_ATTEMPTS` times, after which the caller
+gets `Conflict` (409), never an internal error. `execute` decides outside the lanes (its decision
+may touch any streams); a try that loses a race is retried in the lost stream's lane.
 """
 
 from __future__ import annotations

@@ -21,6 +21,16 @@ def ok(**payload: Any) -> Response[bytes]:
     return Response(_encoder.encode({"ok": True, **payload}), status_code=200, media_type=JSON)
 
 
+def ok_body(**payload: Any) -> bytes:
+    """The body `ok(**payload)` would send, for an answer encoded once and sent many times."""
+    return _encoder.encode({"ok": True, **payload})
+
+
+def ok_encoded(body: bytes) -> Response[bytes]:
+    """A 200 with a body from `ok_body`."""
+    return Response(body, status_code=200, media_type=JSON)
+
+
 def ok_status(status: int, **payload: Any) -> Response[bytes]:
     """A success with another status: 202 for a run accepted with `Prefer: respond-async`."""
     return Response(_encoder.encode({"ok": True, **payload}), status_code=status, media_type=JSON)

@@ -16,7 +16,7 @@ Results are cached until the file changes: SQLite's `PRAGMA data_version` moves 
 connection (the projection runner, a rebuild by the CLI, another process) commits to it, and it is
 read before every statement, so a cached answer is never older than what the statement itself would
 have seen. Small results only (`CACHE_MAX_ROWS`, `CACHE_MAX_ENTRIES`); callers get their own copies
-of the rows.
+of the rows. `derived` remembers a value made from rows (a route's encoded answer) the same way.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 INLINE_BUDGET = 0.002  # seconds a statement may run on the event loop before it moves to a thread
 THREAD_CONNECTIONS = 4  # worker-thread statements at once (each on its own pooled connection)
@@ -33,6 +35,7 @@ THREAD_BUSY_TIMEOUT_MS = 5000
 _CHECK_EVERY = 2000  # SQLite VM instructions between two looks at the clock
 CACHE_MAX_ENTRIES = 2048  # distinct (statement, parameters) answers kept between two commits
 CACHE_MAX_ROWS = 256  # larger answers are not cached
+CACHE_MAX_BYTES = 256 * 1024  # nor larger derived bytes (an encoded answer)
 
 
 def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
@@ -64,6 +67,7 @@ class ReadModels:
         self._slots: asyncio.Semaphore | None = None
         self.moved_to_thread = 0  # statements that outgrew the inline budget (or met a lock)
         self._cache: dict[tuple[str, tuple[Any, ...]], list[dict[str, Any]]] = {}
+        self._derived: dict[Hashable, Any] = {}
         self._cache_version: int | None = None
 
     async def open(self) -> None:
@@ -75,6 +79,7 @@ class ReadModels:
     async def close(self) -> None:
         inline, self._inline = self._inline, None
         self._cache.clear()
+        self._derived.clear()
         self._cache_version = None
         if inline is not None:
             inline.close()
@@ -84,16 +89,42 @@ class ReadModels:
     def _over_budget(self) -> int:
         return 1 if time.perf_counter() > self._deadline else 0
 
+    def _look(self, db: sqlite3.Connection) -> int:
+        """The file's data version now; the caches are emptied when another connection committed
+        since the last look. Read before a statement, so a cached answer is never older."""
+        self._deadline = time.perf_counter() + self.inline_budget
+        version: int = db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._cache_version:
+            self._cache.clear()
+            self._derived.clear()
+            self._cache_version = version
+        return version
+
+    async def derived(self, key: Hashable, build: Callable[[], Awaitable[T]]) -> T:
+        """What `build()` returns, remembered as a statement's rows are (until another connection
+        commits to the file): for a value made only from read-model rows, such as a route's
+        encoded answer. `key` must name everything else it depends on; the value is shared, so
+        it must never be changed. A `build()` that raises is not remembered."""
+        db = self._inline
+        assert db is not None, "read models are not open"
+        try:
+            version = self._look(db)
+        except sqlite3.OperationalError:
+            return await build()
+        if key in self._derived:
+            return self._derived[key]
+        value = await build()
+        small = not isinstance(value, bytes) or len(value) <= CACHE_MAX_BYTES
+        if small and self._cache_version == version and len(self._derived) < CACHE_MAX_ENTRIES:
+            self._derived[key] = value  # nobody saw a newer version meanwhile
+        return value
+
     async def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         db = self._inline
         assert db is not None, "read models are not open"
-        self._deadline = time.perf_counter() + self.inline_budget
         key = (sql, tuple(params))
         try:
-            version = db.execute("PRAGMA data_version").fetchone()[0]  # before the statement
-            if version != self._cache_version:
-                self._cache.clear()
-                self._cache_version = version
+            self._look(db)
             cached = self._cache.get(key)
             if cached is not None:
                 return [row.copy() for row in cached]

@@ -81,3 +81,35 @@ async def test_rows_handed_out_are_the_callers_own(reader: ReadModels) -> None:
 async def test_the_reader_never_writes(reader: ReadModels) -> None:
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         await reader.all("DELETE FROM things")
+
+
+async def test_a_derived_value_is_remembered_until_another_connection_commits(
+    path: str, reader: ReadModels
+) -> None:
+    builds = 0
+
+    async def build() -> bytes:
+        nonlocal builds
+        builds += 1
+        return str(await reader.scalar("SELECT name FROM things WHERE id = 1")).encode()
+
+    assert [await reader.derived(("thing", 1), build) for _ in range(3)] == [b"thing 1"] * 3
+    assert builds == 1
+    with closing(sqlite3.connect(path, isolation_level=None)) as writer:
+        writer.execute("UPDATE things SET name = 'renamed' WHERE id = 1")
+    assert await reader.derived(("thing", 1), build) == b"renamed" and builds == 2
+
+
+async def test_a_derived_value_whose_build_fails_is_built_again(reader: ReadModels) -> None:
+    attempts = 0
+
+    async def build() -> bytes:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise LookupError("not there yet")
+        return b"there"
+
+    with pytest.raises(LookupError):
+        await reader.derived("key", build)
+    assert await reader.derived("key", build) == b"there" and attempts == 2

@@ -26,8 +26,12 @@ def _storage_payload(services: Services, row: dict) -> dict:
 async def list_projects(request: Request) -> Response[bytes]:
     services = services_of(request)  # not injected: Litestar's DI costs ~13 us a request
     username = normalize_slug(request.query_params.get("username"))  # un-normalisable: ignored
-    projects = await read.list_projects(services.reader, username)
-    return responses.ok(count=len(projects), projects=projects)
+
+    async def answer() -> bytes:
+        projects = await read.list_projects(services.reader, username)
+        return responses.ok_body(count=len(projects), projects=projects)
+
+    return responses.ok_encoded(await services.reader.derived(("projects", username), answer))
 
 
 @post("/")
@@ -69,11 +73,17 @@ async def project_detail(slug: FromPath[str], request: Request) -> Response[byte
     as_of = await time_travel.as_of_param(services, request)
     if as_of is not None:  # the detail as it was after that event, folded from the project's events
         return await time_travel.project_detail(services, slug, as_of)
-    row = await _project_with_storage(services, slug, counts=True)
-    return responses.ok(
-        project=read.project_detail(row),
-        counts=read.detail_counts(row),
-        storage=_storage_payload(services, row),
+
+    async def answer() -> bytes:
+        row = await _project_with_storage(services, slug, counts=True)
+        return responses.ok_body(
+            project=read.project_detail(row),
+            counts=read.detail_counts(row),
+            storage=_storage_payload(services, row),
+        )
+
+    return responses.ok_encoded(
+        await services.reader.derived(("project", normalize_slug(slug), services.settings.workspace), answer)
     )
 
 

@@ -20,6 +20,7 @@ from kroma.domain import records
 from kroma.domain.errors import NotFound
 from kroma.domain.handling import Outcome
 from kroma.domain.records import RecordKind
+from kroma.domain.slugs import normalize_slug
 from kroma.http import responses, time_travel
 from kroma.http.deps import project_id, project_row, services_of
 from kroma.projections.records import RecordProjection
@@ -51,9 +52,15 @@ def named_router(path: str, table: RecordProjection, body: type[msgspec.Struct],
             async with time_travel.project_as_of(services, slug, as_of) as (past, rm):
                 views = await table.all(rm, past["id"])
             return responses.ok(**{"count": len(views), kind.collection: views})
-        project = await project_row(services, slug)
-        views = await table.all(services.reader, project["id"])
-        return responses.ok(**{"count": len(views), kind.collection: views})
+
+        async def answer() -> bytes:
+            project = await project_row(services, slug)
+            views = await table.all(services.reader, project["id"])
+            return responses.ok_body(**{"count": len(views), kind.collection: views})
+
+        return responses.ok_encoded(
+            await services.reader.derived((kind.collection, normalize_slug(slug)), answer)
+        )
 
     @post("/")
     async def create_record(
@@ -74,11 +81,16 @@ def named_router(path: str, table: RecordProjection, body: type[msgspec.Struct],
     @get("/{record_id:str}")
     async def get_record(slug: FromPath[str], record_id: FromPath[str], request: Request) -> Response[bytes]:
         services = services_of(request)
-        project = await project_row(services, slug, kind.not_found)
-        view = await table.one(services.reader, project["id"], record_id)
-        if view is None:
-            raise NotFound(kind.not_found)
-        return responses.ok(**{kind.entity: view})
+
+        async def answer() -> bytes:
+            project = await project_row(services, slug, kind.not_found)
+            view = await table.one(services.reader, project["id"], record_id)
+            if view is None:
+                raise NotFound(kind.not_found)
+            return responses.ok_body(**{kind.entity: view})
+
+        key = (kind.entity, normalize_slug(slug), record_id)
+        return responses.ok_encoded(await services.reader.derived(key, answer))
 
     @put("/{record_id:str}")
     async def update_record(
