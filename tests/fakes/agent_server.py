@@ -33,9 +33,9 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
+
+from tests.fakes.threaded import Handler, ThreadedFake
 
 Behaviour = tuple[Any, ...]
 PATH = "/agent/instructions"
@@ -63,73 +63,20 @@ class AgentRequest:
             return None
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False
-    block_on_close = True
-    allow_reuse_address = True
-    fake: FakeAgent
+class FakeAgent(ThreadedFake):
+    thread_name = "fake-agent"
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that timed out or was killed: expected here
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.0"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        self.server.fake._handle(self)
-
-    def do_GET(self) -> None:
-        self.server.fake._handle(self)
-
-
-class FakeAgent:
     def __init__(self, token: str | None = None, *, default: Behaviour = ("ok",)) -> None:
         self.token = token
         self.default = default
         self.requests: list[AgentRequest] = []
         self._queue: collections.deque[Behaviour] = collections.deque()
         self._lock = threading.Condition()
-        self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> FakeAgent:
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.fake = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-agent", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        self._stopping.set()  # wakes "slow" and "hang" handlers
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join()
-
-    def __enter__(self) -> FakeAgent:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        super().__init__()
 
     @property
     def url(self) -> str:
-        assert self._server is not None, "the fake agent is not running"
-        return f"http://127.0.0.1:{self._server.server_address[1]}{PATH}"
+        return f"http://127.0.0.1:{self.port}{PATH}"
 
     def enqueue(self, *behaviours: Behaviour) -> None:
         with self._lock:
@@ -147,7 +94,7 @@ class FakeAgent:
 
     # serving ------------------------------------------------------------------------------------
 
-    def _handle(self, handler: _Handler) -> None:
+    def _handle(self, handler: Handler) -> None:
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length > 0 else b""
         record = AgentRequest(
@@ -169,7 +116,7 @@ class FakeAgent:
             record.behaviour = behaviour
             self._perform(handler, record, behaviour)
 
-    def _perform(self, handler: _Handler, record: AgentRequest, behaviour: Behaviour) -> None:
+    def _perform(self, handler: Handler, record: AgentRequest, behaviour: Behaviour) -> None:
         kind, args = behaviour[0], behaviour[1:]
         if kind == "ok":
             self._send(handler, record, 200, json.dumps(args[0] if args else {"status": "done"}).encode())
@@ -191,7 +138,7 @@ class FakeAgent:
             raise ValueError(f"unknown FakeAgent behaviour {behaviour!r}")
 
     @staticmethod
-    def _send(handler: _Handler, record: AgentRequest, status: int, body: bytes) -> None:
+    def _send(handler: Handler, record: AgentRequest, status: int, body: bytes) -> None:
         record.status = status
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")

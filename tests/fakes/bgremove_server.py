@@ -36,12 +36,11 @@ import contextlib
 import json
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 
 from kroma.imaging.background import remove_background
 from tests.fakes.openai_server import RecordedFile, parse_multipart
+from tests.fakes.threaded import Handler, ThreadedFake
 
 Behaviour = tuple[Any, ...]
 
@@ -76,33 +75,10 @@ class BgRequest:
         return self.headers.get("x-api-key")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False
-    block_on_close = True
-    allow_reuse_address = True
-
-    fake: FakeBgRemove
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that hung up
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.0"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        self.server.fake._handle(self)
-
-    def do_GET(self) -> None:
-        self.server.fake._handle(self)
-
-
-class FakeBgRemove:
+class FakeBgRemove(ThreadedFake):
     """See the module docstring. `removebg_url` / `photoroom_url` are the two endpoints."""
+
+    thread_name = "fake-bgremove"
 
     def __init__(self, *, removebg_key: str = "rb-test-key", photoroom_key: str = "pr-test-key") -> None:
         self.keys = {"removebg": removebg_key, "photoroom": photoroom_key}
@@ -112,49 +88,11 @@ class FakeBgRemove:
             "photoroom": collections.deque(),
         }
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> FakeBgRemove:
-        if self._server is None:
-            self._stopping.clear()
-            server = _Server(("127.0.0.1", 0), _Handler)
-            server.fake = self
-            self._server = server
-            self._thread = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-bgremove", daemon=True
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._stopping.set()
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join()
-        self._server = self._thread = None
-
-    def __enter__(self) -> FakeBgRemove:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        super().__init__()
 
     @property
     def base_url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("FakeBgRemove is not running")
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def removebg_url(self) -> str:
@@ -175,7 +113,7 @@ class FakeBgRemove:
 
     # serving --------------------------------------------------------------------------------
 
-    def _handle(self, handler: _Handler) -> None:
+    def _handle(self, handler: Handler) -> None:
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length > 0 else b""
         path = handler.path.split("?", 1)[0]
@@ -191,7 +129,7 @@ class FakeBgRemove:
         with contextlib.suppress(OSError):
             self._answer(handler, record, body)
 
-    def _answer(self, handler: _Handler, record: BgRequest, body: bytes) -> None:
+    def _answer(self, handler: Handler, record: BgRequest, body: bytes) -> None:
         service = record.service
         if service is None:
             self._send(handler, record, 404, b'{"error": "not found"}')
@@ -224,7 +162,7 @@ class FakeBgRemove:
         record.behaviour = behaviour
         self._perform(handler, record, behaviour)
 
-    def _perform(self, handler: _Handler, record: BgRequest, behaviour: Behaviour) -> None:
+    def _perform(self, handler: Handler, record: BgRequest, behaviour: Behaviour) -> None:
         kind, args = behaviour[0], behaviour[1:]
         if kind == "ok":
             fmt = record.form.get("format", "png")
@@ -252,7 +190,7 @@ class FakeBgRemove:
 
     def _send(
         self,
-        handler: _Handler,
+        handler: Handler,
         record: BgRequest,
         status: int,
         body: bytes,

@@ -48,11 +48,11 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 
 from PIL import Image
+
+from tests.fakes.threaded import Handler, ThreadedFake
 
 Behaviour = tuple[Any, ...]
 
@@ -202,41 +202,11 @@ def _error_json(message: str, kind: str, code: str | None = None) -> bytes:
     return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False  # join handler threads on close: nothing outlives the fake
-    block_on_close = True
-    allow_reuse_address = True
-
-    fake: FakeOpenAI
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that timed out and hung up makes the handler's write fail: expected here.
-        pass
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.0"  # one request per connection: no idle keep-alive threads
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        self.server.fake._handle(self)
-
-    def do_GET(self) -> None:
-        self.server.fake._handle(self)
-
-    def do_PUT(self) -> None:
-        self.server.fake._handle(self)
-
-    def do_DELETE(self) -> None:
-        self.server.fake._handle(self)
-
-
-class FakeOpenAI:
+class FakeOpenAI(ThreadedFake):
     """The fake server; see the module docstring. Start with `with FakeOpenAI() as fake:` (or
     `start()` / `stop()`); `base_url` is `http://127.0.0.1:<port>/v1`."""
+
+    thread_name = "fake-openai"
 
     def __init__(
         self,
@@ -250,53 +220,8 @@ class FakeOpenAI:
         self.requests: list[RecordedRequest] = []
         self._queue: collections.deque[Behaviour] = collections.deque(script or [])
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
         self._ids = itertools.count(1)
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # lifecycle ------------------------------------------------------------------------------
-
-    def start(self) -> FakeOpenAI:
-        if self._server is not None:
-            return self
-        self._stopping.clear()
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.fake = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-openai", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._stopping.set()  # wakes "slow" handlers
-        server.shutdown()
-        server.server_close()  # joins the handler threads
-        if thread is not None:
-            thread.join()
-        self._server = self._thread = None
-
-    def __enter__(self) -> FakeOpenAI:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("FakeOpenAI is not running")
-        return int(self._server.server_address[1])
+        super().__init__()
 
     @property
     def base_url(self) -> str:
@@ -336,7 +261,7 @@ class FakeOpenAI:
 
     # serving --------------------------------------------------------------------------------
 
-    def _handle(self, handler: _Handler) -> None:
+    def _handle(self, handler: Handler) -> None:
         if "chunked" in (handler.headers.get("Transfer-Encoding") or "").lower():
             body = _read_chunked(handler.rfile)
         else:
@@ -353,7 +278,7 @@ class FakeOpenAI:
         with contextlib.suppress(OSError):  # the client went away (timed out and hung up)
             self._answer(handler, record, body)
 
-    def _answer(self, handler: _Handler, record: RecordedRequest, body: bytes) -> None:
+    def _answer(self, handler: Handler, record: RecordedRequest, body: bytes) -> None:
         if record.path.split("?", 1)[0] != API_PATH:
             self._send(
                 handler,
@@ -399,7 +324,7 @@ class FakeOpenAI:
         record.behaviour = behaviour
         self._perform(handler, record, behaviour)
 
-    def _perform(self, handler: _Handler, record: RecordedRequest, behaviour: Behaviour) -> None:
+    def _perform(self, handler: Handler, record: RecordedRequest, behaviour: Behaviour) -> None:
         kind, args = behaviour[0], behaviour[1:]
         if kind == "ok":
             source = record.files[0].data
@@ -436,7 +361,7 @@ class FakeOpenAI:
             raise ValueError(f"unknown FakeOpenAI behaviour {behaviour!r}")
 
     def _send_image(
-        self, handler: _Handler, record: RecordedRequest, image: bytes, headers: Mapping[str, str]
+        self, handler: Handler, record: RecordedRequest, image: bytes, headers: Mapping[str, str]
     ) -> None:
         payload = {
             "created": int(time.time()),
@@ -452,7 +377,7 @@ class FakeOpenAI:
 
     def _send(
         self,
-        handler: _Handler,
+        handler: Handler,
         record: RecordedRequest,
         status: int,
         body: bytes,
