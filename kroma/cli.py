@@ -110,7 +110,19 @@ def _positive(kind: type) -> click.ParamType:
 @main.command()
 @data_dir_option
 @click.option("--worker-id", default=None, help="This worker's name in the log (default worker-<hex>).")
-@click.option("--once", is_flag=True, help="Process at most one instruction, then exit.")
+@click.option(
+    "--runs/--no-runs",
+    default=True,
+    help="Work queued runs: claim their jobs (beside `kroma serve`'s engine and other workers).",
+)
+@click.option("--agents/--no-agents", default=True, help="Deliver confirmed agent instructions.")
+@click.option(
+    "--run-lease-seconds",
+    type=click.FloatRange(min=0.5),
+    default=None,
+    help="A job claim's lease; default 30 (env KROMA_RUN_LEASE_SECONDS).",
+)
+@click.option("--once", is_flag=True, help="Process at most one instruction, then exit (no runs).")
 @click.option("--poll-interval-seconds", type=_positive(float), default=None, help="Default 2.0.")
 @click.option("--max-locked-seconds", type=_positive(float), default=None, help="The lease; default 120.")
 @click.option("--default-max-attempts", type=_positive(int), default=None, help="Default 3.")
@@ -125,6 +137,9 @@ def _positive(kind: type) -> click.ParamType:
 def worker(
     data_dir: str | None,
     worker_id: str | None,
+    runs: bool,
+    agents: bool,
+    run_lease_seconds: float | None,
     once: bool,
     poll_interval_seconds: float | None,
     max_locked_seconds: float | None,
@@ -136,8 +151,10 @@ def worker(
     agent_api_url: str | None,
     agent_api_token: str | None,
 ) -> None:
-    """Deliver confirmed agent instructions to the agent API (beside or instead of `kroma serve`'s
-    own dispatcher); prints {"ok", "worker_id", "processed"} when it stops (Ctrl-C, SIGTERM)."""
+    """Work queued runs and deliver confirmed agent instructions to the agent API, beside or instead
+    of `kroma serve`'s own engine and dispatcher: run jobs and instructions are claimed with leases
+    on the shared log, so each is done by one process. Prints {"ok", "worker_id", "processed"
+    (instructions)} when it stops (Ctrl-C, SIGTERM); a job in progress is released for another."""
     import logging
     import signal
 
@@ -145,9 +162,13 @@ def worker(
 
     if worker_id is not None and not worker_id.strip():
         raise click.UsageError("--worker-id must not be empty")
+    if not runs and not agents:
+        raise click.UsageError("nothing to do: --no-runs and --no-agents")
+    runs = runs and not once
     settings = _settings(
         data_dir,
         run_engine=False,
+        run_lease_seconds=run_lease_seconds,
         agent_dispatch=False,
         agent_poll_interval_seconds=poll_interval_seconds,
         agent_max_locked_seconds=max_locked_seconds,
@@ -161,14 +182,28 @@ def worker(
     )
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     options = DispatchOptions.from_settings(settings, worker_id)
+    # one name for both in the log: the flag, else [runs] worker_id, else the dispatcher's
+    engine_id = (worker_id or settings.run_worker_id).strip() or options.worker_id
+    settings = msgspec.structs.replace(settings, run_worker_id=engine_id)
 
     async def work(services: Services) -> int:
         dispatcher = Dispatcher(services, options)
+        stopped = asyncio.Event()
+
+        def stop() -> None:
+            stopped.set()
+            dispatcher.stop()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
-                loop.add_signal_handler(sig, dispatcher.stop)
-        return await dispatcher.run(once=once)
+                loop.add_signal_handler(sig, stop)
+        if runs:
+            services.engine.start()  # stopped (its claims released) when the services close
+        if agents:
+            return await dispatcher.run(once=once)
+        await stopped.wait()
+        return 0
 
     processed = _with_services(settings, work, follow=True)
     click.echo(msgspec.json.encode({"ok": True, "worker_id": options.worker_id, "processed": processed}).decode())

@@ -27,6 +27,10 @@ class Settings(msgspec.Struct, kw_only=True):
     upload_max_bytes: int = 50 * 1024 * 1024
     event_store_url: str = ""  # "" = the SQLite file events.db in data_dir; postgresql://... = PostgreSQL
     event_store_schema: str = "kroma"  # the PostgreSQL schema holding the log's tables
+    # With the log on PostgreSQL, the read models and the secrets' data keys live there too, each in
+    # a schema of its own ("" = <event_store_schema>_rm / <event_store_schema>_keys).
+    readmodels_schema: str = ""
+    keys_schema: str = ""
     request_max_bytes: int = 10 * 1024 * 1024  # any other request body (JSON); larger is a 413
     sse_streams_per_token: int = 8  # live event streams open at once per token; more is a 429
     run_engine: bool = True  # execute runs inside this process (kroma serve)
@@ -34,6 +38,8 @@ class Settings(msgspec.Struct, kw_only=True):
     run_cpu_workers: int = 0  # image work (render, QA) in worker threads; 0 = one per CPU
     run_jobs_in_flight: int = 4  # jobs of one run worked at once
     run_runs_in_flight: int = 4  # runs worked at once; later runs wait (queued) for a slot
+    run_lease_seconds: float = 30.0  # a job claim's lease; renewed every third of it while worked
+    run_worker_id: str = ""  # the engine's name in job claims; "" = <hostname>:<pid>
     agent_dispatch: bool = True  # deliver confirmed agent instructions inside this process (kroma serve)
     agent_api_url: str = ""  # else the project's secret agent_api/url
     agent_api_token: str = ""  # else the project's secret agent_api/token
@@ -59,6 +65,19 @@ class Settings(msgspec.Struct, kw_only=True):
     @property
     def events_db(self) -> str:
         return str(self.data_path / "events.db")
+
+    @property
+    def on_postgres(self) -> bool:
+        """Whether the log (and with it the read models and data keys) is on a PostgreSQL server."""
+        return self.event_store_url.strip().startswith(("postgresql://", "postgres://"))
+
+    @property
+    def readmodels_pg_schema(self) -> str:
+        return self.readmodels_schema or f"{self.event_store_schema}_rm"
+
+    @property
+    def keys_pg_schema(self) -> str:
+        return self.keys_schema or f"{self.event_store_schema}_keys"
 
     @property
     def readmodels_db(self) -> str:
@@ -98,11 +117,15 @@ _SOURCES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("upload_max_bytes", ("KROMA_UPLOAD_MAX_BYTES",), "storage", "upload_max_bytes"),
     ("event_store_url", ("KROMA_EVENT_STORE_URL",), "storage", "event_store_url"),
     ("event_store_schema", ("KROMA_EVENT_STORE_SCHEMA",), "storage", "event_store_schema"),
+    ("readmodels_schema", ("KROMA_READMODELS_SCHEMA",), "storage", "readmodels_schema"),
+    ("keys_schema", ("KROMA_KEYS_SCHEMA",), "storage", "keys_schema"),
     ("run_engine", ("KROMA_RUN_ENGINE",), "runs", "engine"),
     ("run_provider_calls", ("KROMA_RUN_PROVIDER_CALLS",), "runs", "provider_calls"),
     ("run_cpu_workers", ("KROMA_RUN_CPU_WORKERS",), "runs", "cpu_workers"),
     ("run_jobs_in_flight", ("KROMA_RUN_JOBS_IN_FLIGHT",), "runs", "jobs_in_flight"),
     ("run_runs_in_flight", ("KROMA_RUN_RUNS_IN_FLIGHT",), "runs", "runs_in_flight"),
+    ("run_lease_seconds", ("KROMA_RUN_LEASE_SECONDS",), "runs", "lease_seconds"),
+    ("run_worker_id", ("KROMA_RUN_WORKER_ID",), "runs", "worker_id"),
     ("agent_dispatch", ("KROMA_AGENT_DISPATCH",), "agent", "dispatch"),
     ("agent_api_url", ("KROMA_AGENT_API_URL", "IAT_AGENT_API_URL"), "agent", "api_url"),
     ("agent_api_token", ("KROMA_AGENT_API_TOKEN", "IAT_AGENT_API_TOKEN"), "agent", "api_token"),

@@ -11,6 +11,12 @@
   generation is never paid for again. Progress lives only in the log (`kroma.engine.state`).
 - The first failure or a cancel stops the run at the next step boundary: steps in flight finish
   and are recorded, no new step starts, then `run.failed` / `run.canceled` ends the stream.
+- Several engines (`kroma serve`'s, `kroma worker`s) may follow one log: each claims a job before
+  working it (`kroma.engine.claims`: an append with the job stream's expected version, with a
+  lease it renews while working), so every job is done by exactly one engine and a job whose
+  engine died is taken over after its lease, from its last recorded step. The run's own events
+  (`run.started`, its end) carry idempotency keys, so they are appended once whoever gets there
+  first; the end waits until no other engine still holds a claim on an undecided job.
 """
 
 from __future__ import annotations
@@ -20,18 +26,23 @@ import contextlib
 import hashlib
 import logging
 import os
+import socket
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 
+from kroma.clock import iso_micro
 from kroma.domain import runs as ev
 from kroma.domain.aggregate import ProjectState, project_stream
 from kroma.domain.assets import AssetRecord, asset_recorded
 from kroma.domain.errors import KromaError
+from kroma.engine import claims as cl
 from kroma.engine import files, passes, pricing
+from kroma.engine.claims import HeldClaim, JobClaims, JobLost
 from kroma.engine.paths import display_path
 from kroma.engine.providers.base import GenerationRequest, Provider, ProviderError
 from kroma.engine.providers.select import build_provider, environment, openai_base_url, openai_key
@@ -39,12 +50,14 @@ from kroma.engine.records import candidate_record, job_record
 from kroma.engine.state import CandidateState, JobState, RunState, fold_run
 from kroma.engine.trigger import summary_stdout
 from kroma.events.envelope import Event, Metadata, NewEvent
-from kroma.events.store import AppendResult
+from kroma.events.store import AppendResult, ConcurrencyConflict
 from kroma.imaging import provenance, qa
 from kroma.storage import post_run
 
 log = logging.getLogger("kroma.engine")
-FOLLOWED = (ev.RUN_REQUESTED, ev.RUN_CANCEL_REQUESTED)
+FOLLOWED = (ev.RUN_REQUESTED, ev.RUN_CANCEL_REQUESTED, cl.JOB_RELEASED, *ev.RUN_ENDS)
+FENCE_ATTEMPTS = 8  # a fenced append refused only because our own renewal moved the stream
+WATCH_SECONDS = 2.0  # the longest wait between looks at a run other engines are working
 PASSES = ("bg_remove", "upscale", "color")  # the fixed order (§5.2)
 PASS_EVENTS = {
     "bg_remove": ev.CANDIDATE_BACKGROUND_REMOVED,
@@ -136,13 +149,23 @@ class RunEngine:
         self.runs_in_flight = anyio.CapacityLimiter(max(1, settings.run_runs_in_flight))
         self.prices = pricing.load_prices(self.app_root)
         self._active: dict[str, RunContext | None] = {}
-        self._ended: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
+        # Who takes this engine's claims. Two engines must not share a worker id only by being
+        # named alike: claims are told apart by their claim id, the name is for people.
+        lease = max(0.5, float(settings.run_lease_seconds))
+        name = settings.run_worker_id.strip() or f"{socket.gethostname()}:{os.getpid()}"
+        self.holder = cl.Holder(name, cl.this_host(), os.getpid(), lease)
+        self.lease_margin = lease / 4  # a step starts only with this much of the lease left
         self._tg: anyio.abc.TaskGroup | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    @property
+    def worker_id(self) -> str:
+        return self.holder.worker_id
+
     def start(self) -> None:
+        log.info("run engine %s started (lease %gs)", self.worker_id, self.holder.lease_seconds)
         self._task = asyncio.get_running_loop().create_task(self._main(), name="kroma-run-engine")
 
     async def close(self) -> None:
@@ -193,6 +216,11 @@ class RunEngine:
                 context.stop = True
             elif run_id not in self._active:
                 self._launch(run_id)  # a run this engine is not working: end it as canceled
+        elif event.type in ev.RUN_ENDS or event.data.get("failure"):
+            # another engine ended the run, or failed a job of it: stop at the next boundary
+            context = self._active.get(run_id)
+            if context is not None:
+                context.stop = True
 
     def _launch(self, run_id: str) -> None:
         if run_id in self._active or self._tg is None:
@@ -202,29 +230,25 @@ class RunEngine:
 
     async def _guarded(self, run_id: str) -> None:
         try:
-            async with self.runs_in_flight:
-                await self._work(run_id)
-            await post_run.sync_after_run(self.services, run_id)  # §4.9: never changes the run's outcome
+            if await self._work(run_id):  # only the engine that ended the run syncs it
+                await post_run.sync_after_run(self.services, run_id)  # §4.9: never changes the outcome
         except Exception:
             log.exception("run %s: the engine failed", run_id)
             await self._end_after_crash(run_id)
         finally:
             self._active.pop(run_id, None)
-            self._ended.setdefault(run_id, asyncio.Event()).set()
 
     async def wait_for_end(self, run_id: str, timeout: float | None = None) -> Event | None:
-        """The run's final event, once it is in the log (None when the timeout ends first)."""
+        """The run's final event, once it is in the log (None when the timeout ends first),
+        whichever engine appends it."""
         with anyio.move_on_after(timeout):
             while True:
+                head = await self.store.head()
                 events = await self.store.read_stream(ev.run_stream(run_id))
                 for event in reversed(events):
                     if event.type in ev.RUN_ENDS:
                         return event
-                flag = self._ended.setdefault(run_id, asyncio.Event())
-                with anyio.move_on_after(1.0):
-                    await flag.wait()
-                if flag.is_set():
-                    self._ended.pop(run_id, None)
+                await self.store.wait_for_append(head, 1.0)
         return None
 
     # -- one run -----------------------------------------------------------------------------
@@ -232,97 +256,301 @@ class RunEngine:
     async def _load(self, run_id: str) -> RunState | None:
         return fold_run(await self.store.read_stream(ev.run_stream(run_id)))
 
+    async def _claims(self, state: RunState) -> dict[str, JobClaims]:
+        """The claim streams of the run's undecided jobs, folded."""
+        found: dict[str, JobClaims] = {}
+        for job in state.ordered_jobs():
+            if job.outcome is None:
+                events = await self.store.read_stream(cl.job_stream(job.job_id))
+                found[job.job_id] = cl.fold_claims(job.job_id, events)
+        return found
+
     def _meta(self, state: RunState, causation_id: str | None) -> Metadata:
         return Metadata(correlation_id=state.run_id, causation_id=causation_id)
 
-    async def _append(self, events: Sequence[NewEvent], key: str) -> AppendResult:
-        return await self.store.append(events, idempotency_key=key)
+    async def _append(
+        self, events: Sequence[NewEvent], key: str | None, held: HeldClaim | None = None
+    ) -> AppendResult:
+        """Append a step once (its idempotency key); with `held`, only while this engine holds the
+        job: the claim stream's version is the fence, so a step of a job taken over is refused."""
+        if held is None:
+            return await self.store.append(events, idempotency_key=key)
+        for _attempt in range(FENCE_ATTEMPTS):
+            try:
+                return await self.store.append(events, {held.stream: held.version}, idempotency_key=key)
+            except ConcurrencyConflict as exc:
+                if exc.stream_id != held.stream:
+                    raise
+                await self._recheck(held)  # our own renewal moved the stream, or JobLost
+        raise JobLost(held.base["job_id"])
 
-    async def _work(self, run_id: str) -> None:
+    async def _recheck(self, held: HeldClaim) -> None:
+        held.adopt(cl.fold_claims(held.base["job_id"], await self.store.read_stream(held.stream)))
+
+    async def _work(self, run_id: str) -> bool:
+        """Work the run until it ends. True when this engine recorded the end (or found the run
+        ended already: a post-run sync cut short by a stop may be due)."""
         state = await self._load(run_id)
-        if state is None or state.ended is not None or state.requested["mode"] != "run":
-            return
+        if state is None or state.requested["mode"] != "run":
+            return False
+        if state.ended is not None:
+            return True
         project, _version = await self.services.commands.load_project(state.project_id)
-        if state.cancel_requested is not None:
-            await self._end(state, ev.RUN_CANCELED, {"status": "canceled"}, state.cancel_event_id)
-            return
         try:
             provider = await build_provider(
                 state.requested["provider"], project, self.services.vault, self.app_root, os.environ, self.cpu
             )
         except ProviderError as exc:
-            await self._end(state, ev.RUN_FAILED, _failure(StepFailed(exc.message)), state.requested_event_id)
-            return
+            now = self.clock.now()
+            if any(self._holding(c, now) for c in (await self._claims(state)).values()):
+                # another engine works the run: one that cannot build its provider here stays out
+                log.warning("run %s: provider unavailable to engine %s (%s)", run_id, self.worker_id, exc.message)
+                return False
+            if state.cancel_requested is not None and state.started is None:
+                return await self._end(state, ev.RUN_CANCELED, {"status": "canceled"}, state.cancel_event_id)
+            return await self._end(state, ev.RUN_FAILED, _failure(StepFailed(exc.message)), state.requested_event_id)
         context = RunContext(state, project, provider)
         self._active[run_id] = context
         try:
-            await self._execute(context)
+            return await self._execute(context)
         finally:
             await provider.aclose()
             await context.aclose()
 
-    async def _execute(self, context: RunContext) -> None:
+    async def _execute(self, context: RunContext) -> bool:
+        """Rounds of claiming and working the jobs no other engine holds, until the run can end:
+        every job decided, or a failure or cancel with no other engine still holding a job."""
+        run_id = context.state.run_id
+        while True:
+            state = context.state
+            if state.ended is not None:
+                return False
+            claims = await self._claims(state)
+            now = self.clock.now()
+            undecided = [j for j in state.ordered_jobs() if j.outcome is None]
+            held = [c for c in (self._holding(claims[j.job_id], now) for j in undecided) if c is not None]
+            failure = self._run_failure(context, claims)
+            if failure is not None or (state.cancel_requested is not None and undecided):
+                context.stop = True
+            if context.stop or len(held) == len(undecided):
+                if held:  # others finish (and record) their steps in flight first, or their lease ends
+                    await self._watch(held)
+                elif failure is not None:
+                    return await self._end(state, ev.RUN_FAILED, failure[0], failure[1])
+                elif state.cancel_requested is not None and undecided:
+                    return await self._end(state, ev.RUN_CANCELED, {"status": "canceled"}, state.cancel_event_id)
+                elif not undecided:
+                    return await self._complete(state, state.last_outcome_event_id)
+                else:
+                    await anyio.sleep(0.1)  # stopped by an end another engine is appending
+            else:
+                async with self.runs_in_flight:
+                    if state.started is None:
+                        await self._start(context)
+                    else:
+                        await self._round(context)
+            context.state = await self._load(run_id) or state
+
+    def _holding(self, claims: JobClaims, now: Any) -> cl.Claim | None:
+        """The claim of another engine (or of an earlier round of this one) that holds the job."""
+        holding, _why = cl.open_claim(claims, now, self.holder.host, self.holder.pid)
+        return holding
+
+    def _run_failure(
+        self, context: RunContext, claims: dict[str, JobClaims]
+    ) -> tuple[dict[str, Any], str | None] | None:
+        """(the run's failure record, its cause): this engine's first failure, else the first one
+        another engine recorded when it released a job."""
+        if context.error is not None:
+            return _failure(context.error), context.last_event_id
+        recorded = [c for c in claims.values() if c.failure is not None]
+        if not recorded:
+            return None
+        first = min(recorded, key=lambda c: c.failure_position)
+        assert first.failure is not None
+        return first.failure, first.failure_event_id
+
+    async def _watch(self, held: list[cl.Claim]) -> None:
+        """Wait until the log moves or the first of these leases ends (at most WATCH_SECONDS)."""
+        now = iso_micro(self.clock.now())
+        soonest = min(_seconds_between(now, c.expires_at) for c in held)
+        head = await self.store.head()
+        await self.store.wait_for_append(head, min(max(soonest, 0.05), WATCH_SECONDS))
+        await anyio.sleep(0.25)  # a busy run is looked at a few times a second, not after every step
+
+    async def _start(self, context: RunContext) -> None:
+        """`run.started`, appended once and only on the stream its decision saw (a cancel that came
+        first ends the run as canceled instead)."""
         state = context.state
-        if state.started is None:
-            started = {
-                "run_id": state.run_id,
-                "project_id": state.project_id,
-                "status": "running",
-                "provider": context.provider.code,
-            }
-            result = await self._append(
-                [NewEvent(ev.run_stream(state.run_id), ev.RUN_STARTED, started, self._meta(state, state.requested_event_id))],
-                f"run:{state.run_id}/started",
+        if state.cancel_requested is not None:
+            return
+        started = {
+            "run_id": state.run_id,
+            "project_id": state.project_id,
+            "status": "running",
+            "provider": context.provider.code,
+        }
+        event = NewEvent(ev.run_stream(state.run_id), ev.RUN_STARTED, started, self._meta(state, state.requested_event_id))
+        with contextlib.suppress(ConcurrencyConflict):  # the stream moved: decided again next round
+            await self.store.append(
+                [event], {ev.run_stream(state.run_id): state.version}, idempotency_key=f"run:{state.run_id}/started"
             )
-            state.started = started
-            state.started_event_id = context.last_event_id = result.event_ids[0]
+
+    async def _round(self, context: RunContext) -> None:
         jobs = anyio.Semaphore(self.jobs_in_flight)
         async with anyio.create_task_group() as tg:
-            for job in state.ordered_jobs():
-                tg.start_soon(self._job, context, job, jobs)
-        latest = await self._load(state.run_id)  # a cancel may have landed meanwhile
-        if context.error is not None:
-            await self._end(state, ev.RUN_FAILED, _failure(context.error), context.last_event_id)
-        elif latest is not None and latest.cancel_requested is not None and not _all_decided(latest):
-            await self._end(state, ev.RUN_CANCELED, {"status": "canceled"}, latest.cancel_event_id)
-        else:
-            await self._complete(latest or state, context.last_event_id)
+            for job in context.state.ordered_jobs():
+                if job.outcome is None:
+                    tg.start_soon(self._job, context, job, jobs)
 
     async def _job(self, context: RunContext, job: JobState, jobs: anyio.Semaphore) -> None:
         async with jobs:
             if context.stop or job.outcome is not None:
                 return
-            total = context.state.requested["candidates"]
-            async with anyio.create_task_group() as tg:
-                for index in range(1, total + 1):
-                    tg.start_soon(self._candidate, context, job, index)
-            if context.stop:
-                return
+            taken = await self._claim(context, job)
+            if taken is None:
+                return  # another engine holds it
+            held, job = taken
             try:
-                await self._decide_job(context, job)
-            except Exception as exc:  # a step failure stops the run at the next boundary
-                _note_failure(context, exc)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._keep_lease, context, held)
+                    try:
+                        await self._work_job(context, job, held)
+                    finally:
+                        tg.cancel_scope.cancel()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._release(context, held)
 
-    async def _candidate(self, context: RunContext, job: JobState, index: int) -> None:
-        candidate = job.candidate(index)
+    async def _work_job(self, context: RunContext, job: JobState, held: HeldClaim) -> None:
+        if job.outcome is not None:
+            return
+        total = context.state.requested["candidates"]
+        async with anyio.create_task_group() as tg:
+            for index in range(1, total + 1):
+                tg.start_soon(self._candidate, context, job, index, held)
+        if context.stop or held.lost:
+            return
         try:
-            if candidate.generated is None and not context.stop:
-                await self._generate(context, job, candidate)
+            await self._decide_job(context, job, held)
+        except JobLost:
+            held.lost = True
+        except Exception as exc:  # a step failure stops the run at the next boundary
+            _note_failure(context, exc)
+
+    async def _candidate(self, context: RunContext, job: JobState, index: int, held: HeldClaim) -> None:
+        candidate = job.candidate(index)
+
+        def stopped() -> bool:
+            return context.stop or held.lost
+
+        try:
+            if candidate.generated is None and not stopped():
+                await self._generate(context, job, candidate, held)
             done = {step["pass"] for step in candidate.passes}
             for name in planned_passes(job.planned["planned_postprocess"]):
-                if name in done or candidate.generated is None or candidate.checked is not None or context.stop:
+                if name in done or candidate.generated is None or candidate.checked is not None or stopped():
                     continue
-                await self._pass(context, job, candidate, name)
-            if candidate.generated is not None and candidate.checked is None and not context.stop:
-                await self._check(context, job, candidate)
-            if candidate.rejected is not None:
+                await self._pass(context, job, candidate, name, held)
+            if candidate.generated is not None and candidate.checked is None and not stopped():
+                await self._check(context, job, candidate, held)
+            if candidate.rejected is not None and not held.lost:
                 await anyio.to_thread.run_sync(_finish_archive, candidate.rejected)
+        except JobLost:
+            held.lost = True
         except Exception as exc:
             _note_failure(context, exc)
 
+    # -- claims --------------------------------------------------------------------------------
+
+    async def _claim(self, context: RunContext, job: JobState) -> tuple[HeldClaim, JobState] | None:
+        """Claim the job (None when another engine holds it or wins the race), and its latest
+        state: a previous holder's steps are all in the log once its claim is replaced."""
+        state = context.state
+        stream = cl.job_stream(job.job_id)
+        claims = cl.fold_claims(job.job_id, await self.store.read_stream(stream))
+        base = {"run_id": state.run_id, "project_id": state.project_id, "job_id": job.job_id}
+        claim_id = self.clock.new_id()
+        meta = self._meta(state, state.started_event_id)
+        event = cl.decide_claim(
+            claims, {**base, "job_key": job.planned["job_key"]}, self.holder, claim_id, self.clock.now(), meta
+        )
+        if event is None:
+            return None
+        try:
+            appended = await self.store.append([event], {stream: claims.version})
+        except ConcurrencyConflict:
+            return None
+        taken = event.data["taken_over"]
+        if taken is not None:
+            log.info(
+                "run %s: job %s taken over from %s (%s)",
+                state.run_id, job.planned["job_key"], taken["worker_id"], taken["reason"],
+            )
+        held = HeldClaim(
+            base,
+            claim_id,
+            self.holder.worker_id,
+            appended.stream_versions[stream],
+            event.data["lease_expires_at"],
+            appended.event_ids[0],
+        )
+        if claims.current is None:
+            return held, job  # the first claim: no engine has recorded a step of the job yet
+        latest = await self._load(state.run_id)
+        if latest is not None and job.job_id in latest.jobs:
+            job = latest.jobs[job.job_id]
+            context.state.jobs[job.job_id] = job
+        return held, job
+
+    async def _keep_lease(self, context: RunContext, held: HeldClaim) -> None:
+        """Renew the lease every third of it while the job is worked."""
+        while not held.lost:
+            await anyio.sleep(self.holder.lease_seconds / 3)
+            try:
+                await self._renew(context, held)
+            except JobLost:
+                if not held.released:  # not our own outcome's release, which ends the claim
+                    log.warning("run %s: job %s was taken over by another engine", context.state.run_id, held.base["job_id"])
+                return
+            except Exception:
+                log.exception("run %s: renewing the claim on job %s failed", context.state.run_id, held.base["job_id"])
+
+    async def _renew(self, context: RunContext, held: HeldClaim) -> None:
+        expires = cl.lease_end(self.clock.now(), self.holder.lease_seconds)
+        meta = self._meta(context.state, held.event_id)
+        event = held.event(cl.JOB_LEASE_RENEWED, {"lease_expires_at": expires}, meta)
+        appended = await self._append([event], None, held)
+        held.version, held.expires_at = appended.stream_versions[held.stream], expires
+
+    async def _ensure_held(self, context: RunContext, held: HeldClaim) -> None:
+        """Before a paid call or a file write: the claim is ours with time left on its lease
+        (renewed here if the renewals fell behind); JobLost otherwise."""
+        if held.usable(self.clock.now(), self.lease_margin):
+            return
+        await self._renew(context, held)
+        if not held.usable(self.clock.now(), self.lease_margin):
+            raise JobLost(held.base["job_id"])
+
+    async def _release(self, context: RunContext, held: HeldClaim) -> None:
+        """Let the job go (not decided: stopped, or failed with the run's failure for the others)."""
+        if held.lost or held.released:
+            return
+        failure = _failure(context.error) if context.error is not None else None
+        data = {"reason": "failed" if failure else "stopped", "failure": failure}
+        try:
+            await self._append([held.event(cl.JOB_RELEASED, data, self._meta(context.state, held.event_id))], None, held)
+            held.released = True
+        except JobLost:
+            pass
+        except Exception:
+            log.exception("run %s: releasing job %s failed (its lease will end)", context.state.run_id, held.base["job_id"])
+
     # -- steps -------------------------------------------------------------------------------
 
-    async def _pass(self, context: RunContext, job: JobState, candidate: CandidateState, name: str) -> None:
+    async def _pass(
+        self, context: RunContext, job: JobState, candidate: CandidateState, name: str, held: HeldClaim
+    ) -> None:
         """One post-process pass on the candidate's current file (§5): its output, asset, and a
         `derived_from` link to the file before."""
         state = context.state
@@ -333,6 +561,7 @@ class RunEngine:
         shown = display_path(current, self.app_root)
         data = await anyio.Path(current).read_bytes()
         env, cfg = await context.pass_env(self)
+        await self._ensure_held(context, held)
         try:
             if name == "bg_remove":
                 fmt = outputs.get("bg_remove_format") or "png"
@@ -365,6 +594,7 @@ class RunEngine:
             moved = files.write_new(out, stored, root)
             return provenance.describe(stored), moved
 
+        await self._ensure_held(context, held)  # the pass may have been long: still ours to write?
         described, replaced = await anyio.to_thread.run_sync(write, limiter=self.cpu)
         asset_id = self.clock.new_id()
         parent = candidate.current_asset_id
@@ -401,19 +631,20 @@ class RunEngine:
             events.append(NewEvent(project_stream(state.project_id), "asset_link.created", link, meta))
         events += await self._relocated(state, out, replaced, meta)
         key = f"run:{state.run_id}/job:{job.planned['job_key']}/candidate:{candidate.index}/{name}"
-        appended = await self._append(events, key)
+        appended = await self._append(events, key, held)
         candidate.last_event_id = appended.event_ids[0]
         if appended.replayed:
             await self._adopt(context, job, candidate)
 
-    async def _generate(self, context: RunContext, job: JobState, candidate: CandidateState) -> None:
+    async def _generate(self, context: RunContext, job: JobState, candidate: CandidateState, held: HeldClaim) -> None:
         state, planned = context.state, job.planned
         total = state.requested["candidates"]
         seed = candidate_seed(state.run_id, planned["job_key"], candidate.index)
         request = GenerationRequest(prompt=planned["prompt"], input_images=tuple(planned["input_paths"]), seed=seed)
         async with self.provider_calls:
-            if context.stop:  # a cancel or failure landed while this call waited for its turn
+            if context.stop or held.lost:  # a cancel or failure landed while this call waited for its turn
                 return
+            await self._ensure_held(context, held)  # never pay for a job another engine took over
             try:
                 result = await context.provider.generate(request)
             except ProviderError as exc:
@@ -441,6 +672,7 @@ class RunEngine:
             moved = files.write_new(output, png, context.project_root)
             return provenance.describe(png), moved
 
+        await self._ensure_held(context, held)
         described, replaced = await anyio.to_thread.run_sync(write, limiter=self.cpu)
         shown = display_path(output, self.app_root)
         cost = pricing.price(self.prices, result.provider, result.model, result.size, result.quality)
@@ -499,12 +731,12 @@ class RunEngine:
         ]
         events += await self._relocated(state, output, replaced, meta)
         key = f"run:{state.run_id}/job:{planned['job_key']}/candidate:{candidate.index}/generated"
-        appended = await self._append(events, key)
+        appended = await self._append(events, key, held)
         candidate.last_event_id = appended.event_ids[0]
         if appended.replayed:  # another engine recorded this step first: take its record
             await self._adopt(context, job, candidate)
 
-    async def _check(self, context: RunContext, job: JobState, candidate: CandidateState) -> None:
+    async def _check(self, context: RunContext, job: JobState, candidate: CandidateState, held: HeldClaim) -> None:
         state = context.state
         path = Path(candidate.current_path or "")
         shown = display_path(path, self.app_root)
@@ -569,7 +801,7 @@ class RunEngine:
                 events.append(asset_recorded(moved, meta))
         data["record"] = candidate_record(candidate)
         key = f"run:{state.run_id}/job:{job.planned['job_key']}/candidate:{candidate.index}/checked"
-        appended = await self._append(events, key)
+        appended = await self._append(events, key, held)
         candidate.last_event_id = appended.event_ids[0]
         if appended.replayed:
             await self._adopt(context, job, candidate)
@@ -577,7 +809,7 @@ class RunEngine:
         if candidate.rejected is not None:
             await anyio.to_thread.run_sync(_finish_archive, candidate.rejected)
 
-    async def _decide_job(self, context: RunContext, job: JobState) -> None:
+    async def _decide_job(self, context: RunContext, job: JobState, held: HeldClaim) -> None:
         state = context.state
         if job.outcome is not None:
             return
@@ -627,7 +859,10 @@ class RunEngine:
                         "link_type": "derived_from",
                     }
                     events.append(NewEvent(project_stream(state.project_id), "asset_link.created", link, meta))
-        appended = await self._append(events, f"run:{state.run_id}/job:{job.planned['job_key']}/outcome")
+        # the claim ends with the outcome, in its batch
+        events.append(held.event(cl.JOB_RELEASED, {"reason": "decided", "failure": None}, meta))
+        appended = await self._append(events, f"run:{state.run_id}/job:{job.planned['job_key']}/outcome", held)
+        held.released = True
         context.last_event_id = appended.event_ids[0]
 
     async def _relocated(self, state: RunState, old: Path, moved: Path | None, meta: Metadata) -> list[NewEvent]:
@@ -651,12 +886,13 @@ class RunEngine:
 
     # -- the end -------------------------------------------------------------------------------
 
-    async def _complete(self, state: RunState, causation_id: str | None) -> None:
+    async def _complete(self, state: RunState, causation_id: str | None) -> bool:
         jobs = state.ordered_jobs()
         failed = [j for j in jobs if j.outcome_type == ev.JOB_FAILED]
         if any(j.outcome is None for j in jobs):  # stopped before every job was decided
-            await self._end(state, ev.RUN_FAILED, _failure(StepFailed("Run stopped before every job was decided")), causation_id)
-            return
+            return await self._end(
+                state, ev.RUN_FAILED, _failure(StepFailed("Run stopped before every job was decided")), causation_id
+            )
         requested = state.requested
         root = Path(requested["project_root"])
         stdout = summary_stdout(
@@ -670,7 +906,7 @@ class RunEngine:
         if failed:
             bad = display_path(root / files.ARCHIVE_BAD, self.app_root)
             stderr = f"Output guard failed for {len(failed)} job(s). Bad outputs moved to {bad}"
-        await self._end(
+        return await self._end(
             state,
             ev.RUN_COMPLETED,
             {
@@ -685,10 +921,11 @@ class RunEngine:
             causation_id,
         )
 
-    async def _end(self, state: RunState, kind: str, data: dict[str, Any], causation_id: str | None) -> None:
+    async def _end(self, state: RunState, kind: str, data: dict[str, Any], causation_id: str | None) -> bool:
+        """Append the run's end once, whichever engine gets there first; True when this one did."""
         payload = {"run_id": state.run_id, "project_id": state.project_id, **data}
         event = NewEvent(ev.run_stream(state.run_id), kind, payload, self._meta(state, causation_id))
-        await self._append([event], f"run:{state.run_id}/end")
+        return not (await self._append([event], f"run:{state.run_id}/end")).replayed
 
     async def _end_after_crash(self, run_id: str) -> None:
         try:
@@ -722,8 +959,10 @@ def _failure(exc: BaseException) -> dict[str, Any]:
     return {"status": "failed", "error": "Internal server error", "error_code": "internal_error", "error_kind": "infra"}
 
 
-def _all_decided(state: RunState) -> bool:
-    return all(j.outcome is not None for j in state.jobs.values())
+def _seconds_between(earlier: str, later: str) -> float:
+    """Seconds from one envelope timestamp to another (negative when `later` is earlier)."""
+    fmt = "%Y-%m-%dT%H:%M:%S.%fZ"
+    return (datetime.strptime(later, fmt) - datetime.strptime(earlier, fmt)).total_seconds()
 
 
 def _described(data: dict[str, Any]) -> dict[str, Any]:

@@ -43,6 +43,7 @@ class JobState:
     candidates: dict[int, CandidateState] = field(default_factory=dict)
     outcome: dict[str, Any] | None = None  # job.winner_selected or job.failed data
     outcome_type: str | None = None
+    outcome_event_id: str | None = None
 
     @property
     def job_id(self) -> str:
@@ -62,6 +63,7 @@ class RunState:
     cancel_requested: dict[str, Any] | None = None
     cancel_event_id: str | None = None
     ended: Event | None = None
+    last_outcome_event_id: str | None = None  # the latest job outcome in log order
     version: int = 0
 
     @property
@@ -117,5 +119,6 @@ def fold_run(events: list[Event]) -> RunState | None:
             _apply_candidate(state.jobs[d["job_id"]], event)
         elif event.type in (ev.JOB_WINNER_SELECTED, ev.JOB_FAILED) and d.get("job_id") in state.jobs:
             job = state.jobs[d["job_id"]]
-            job.outcome, job.outcome_type = d, event.type
+            job.outcome, job.outcome_type, job.outcome_event_id = d, event.type, event.event_id
+            state.last_outcome_event_id = event.event_id
     return state
