@@ -8,7 +8,9 @@ secret upsert only). `KROMA_MASTER_KEY_REF` names it (default `local-master`);
 restarting with the new key current and the old one in `KROMA_MASTER_KEY_PREVIOUS`, then
 `POST .../secrets/rotate`.
 
-Data keys live in `<data_dir>/keys.db` (`kroma.crypto.keystore`), never in the event log.
+Data keys live in `<data_dir>/keys.db` (`kroma.crypto.keystore`), never in the event log; with
+the log on PostgreSQL they move with it, to a table of their own there (`kroma.crypto.pg_keystore`),
+still wrapped by the master key every process is given.
 Every failure here (no key, malformed key, a data key that does not unwrap) is a 500 with the
 sanitised message; details go to the log only, and they never contain key material.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from kroma.crypto import (
@@ -35,9 +37,15 @@ log = logging.getLogger(__name__)
 
 
 class Vault:
-    def __init__(self, data_dir: Path, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        environ: Mapping[str, str] | None = None,
+        key_store: Callable[[MasterKeyring], KeyStore] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.environ = environ  # None: os.environ at load time
+        self.key_store = key_store  # None: keys.db in data_dir
         self._keyring: MasterKeyring | None = None
         self._store: KeyStore | None = None
         self._lock = asyncio.Lock()
@@ -62,7 +70,10 @@ class Vault:
                     )
                     if self._keyring.created:
                         log.warning("created a new master key file (%s)", self._keyring.source)
-                store = KeyStore(self.keys_path, self._keyring)
+                if self.key_store is None:
+                    store = KeyStore(self.keys_path, self._keyring)
+                else:
+                    store = self.key_store(self._keyring)
                 await store.open()
             except CryptoError as exc:
                 log.error("secrets vault unavailable: %s", exc)

@@ -288,7 +288,6 @@ class ProjectionRunner:
     async def catch_up(self, progress: Progress | None = None, until: int | None = None) -> int:
         """Apply every committed event (up to `until`, when given); returns the position reached.
         The next page is read while the current one is applied."""
-        assert self._conn is not None
         head = await self.store.head()
         if until is not None:
             head = min(head, until)

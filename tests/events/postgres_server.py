@@ -29,6 +29,16 @@ async def connect_or_skip() -> asyncpg.Connection:
         )
 
 
+async def drop_schemas(admin: asyncpg.Connection, name: str) -> None:
+    """Drop schema `name` and every schema named `<name>_...`: the application keeps its read models
+    and data keys beside the log, in `<name>_rm` and `<name>_keys` (kroma.config.Settings)."""
+    rows = await admin.fetch(
+        "SELECT nspname FROM pg_namespace WHERE nspname = $1 OR nspname LIKE $2", name, f"{name}\\_%"
+    )
+    for (schema,) in rows:
+        await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 @asynccontextmanager
 async def postgres_schema() -> AsyncIterator[str]:
     """A fresh, uniquely named schema on the test server; dropped with everything in it afterwards."""
@@ -38,5 +48,5 @@ async def postgres_schema() -> AsyncIterator[str]:
         await admin.execute(f'CREATE SCHEMA "{name}"')
         yield name
     finally:
-        await admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        await drop_schemas(admin, name)
         await admin.close()
