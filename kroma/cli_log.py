@@ -4,6 +4,9 @@ kroma.cli).
 
 Every failure is one line on stderr and a non-zero exit, never a traceback: 1 when the answer is
 "no" (a broken chain, a refused import), 2 when the data cannot be read at all.
+
+They work on the store the settings choose: the data folder's SQLite files, or, when
+`event_store_url` names a PostgreSQL server, the log's schema and the read models' schema there.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from click.core import ParameterSource
 
 from kroma.config import Settings, load_settings
 from kroma.events import transfer, verification
+from kroma.projections import pg_status
 from kroma.projections.runner import pid_alive
 from kroma.services import Services
 
@@ -42,6 +46,17 @@ def _fail(message: str, code: int) -> None:
 
 def _echo_json(value: Any) -> None:
     click.echo(msgspec.json.encode(value).decode())
+
+
+def _postgres(settings: Settings) -> tuple[str, str] | None:
+    """(url, schema) of the log when the settings put it on PostgreSQL; None for the SQLite file."""
+    url = settings.event_store_url.strip()
+    if not url:
+        return None
+    if not settings.on_postgres:
+        scheme = url.split("://", 1)[0] + "://" if "://" in url else "(no scheme)"
+        raise verification.LogUnreadable(f"event_store_url: unsupported store {scheme} (use postgresql://...)")
+    return url, settings.event_store_schema
 
 
 def _with_services(settings: Settings, fn: Callable[[Services], Awaitable[T]]) -> T:
@@ -64,10 +79,12 @@ def _with_services(settings: Settings, fn: Callable[[Services], Awaitable[T]]) -
 @json_option
 def verify(data_dir: str | None, as_json: bool) -> None:
     """Check the hash chain over the whole log: one line (or --json), exit 1 at the first bad
-    position. Reads the file only, so a copy of a data folder can be checked too."""
+    position. Reads the file only, so a copy of a data folder can be checked too (on PostgreSQL:
+    reads the log's schema, creating nothing)."""
     settings = load_settings(data_dir=data_dir)
     try:
-        verdict = verification.verify_path(settings.events_db)
+        pg = _postgres(settings)
+        verdict = verification.verify_path(settings.events_db) if pg is None else verification.verify_pg(*pg)
     except verification.LogUnreadable as exc:
         if as_json:
             _echo_json({"intact": False, "error": str(exc)})
@@ -93,11 +110,18 @@ def export_events(data_dir: str | None, after: int, until: int | None, out_path:
     """Write the log as JSON lines (one event a line, in order, with its stored bytes and hash)."""
     settings = load_settings(data_dir=data_dir)
     try:
+        pg = _postgres(settings)
+
+        def write(out: BinaryIO) -> int:
+            if pg is None:
+                return transfer.export(settings.events_db, out, after, until)
+            return transfer.export_pg(*pg, out, after, until)
+
         if out_path:
             with open(out_path, "wb") as out:
-                count = transfer.export(settings.events_db, out, after, until)
+                count = write(out)
         else:
-            count = transfer.export(settings.events_db, sys.stdout.buffer, after, until)
+            count = write(sys.stdout.buffer)
     except verification.LogUnreadable as exc:
         _fail(str(exc), 2)
     except sqlite3.Error as exc:
@@ -116,21 +140,31 @@ def export_events(data_dir: str | None, after: int, until: int | None, out_path:
 @data_dir_option
 @click.argument("file", type=click.File("rb"))
 def import_events(data_dir: str | None, file: BinaryIO) -> None:
-    """Load an export into an empty data folder, checking the chain line by line (the first bad line
-    refuses the file and nothing is written), then build the read models from it."""
+    """Load an export into an empty data folder (on PostgreSQL: an empty log schema), checking the
+    chain line by line (the first bad line refuses the file and nothing is written), then build the
+    read models from it."""
     settings = load_settings(data_dir=data_dir)
     settings.ensure_data_dir()
     try:
-        count = transfer.import_lines(file, settings.events_db)
+        pg = _postgres(settings)
+        if pg is None:
+            count = transfer.import_lines(file, settings.events_db)
+            verdict = verification.verify_path(settings.events_db)
+        else:
+            count = transfer.import_pg(file, *pg)
+            verdict = verification.verify_pg(*pg)
     except transfer.ImportRefused as exc:
         _fail(f"import refused, nothing written: {exc}", 1)
         return
-    verdict = verification.verify_path(settings.events_db)
+    except verification.LogUnreadable as exc:
+        _fail(str(exc), 2)
+        return
     if not verdict.intact:  # cannot happen after a checked import; said plainly if it ever does
         _fail(verdict.line(), 1)
     reached = _with_services(settings, lambda s: s.runner.rebuild())
+    into = settings.events_db if pg is None else verification.pg_where(*pg)
     click.echo(
-        f"imported {count} events into {settings.events_db}; hash chain intact through position"
+        f"imported {count} events into {into}; hash chain intact through position"
         f" {verdict.head}; read models built through position {reached}"
     )
 
@@ -170,7 +204,11 @@ def _read_only(path: str) -> sqlite3.Connection:
 
 
 def _sample(settings: Settings) -> tuple[float, int, dict[str, int], tuple | None]:
-    """(time, log head, checkpoints, rebuild row) as the files show them now."""
+    """(time, log head, checkpoints, rebuild row) as the files (or the PostgreSQL schemas) show them now."""
+    pg = _postgres(settings)
+    if pg is not None:
+        head, checkpoints, found = pg_status.sample(*pg, settings.readmodels_pg_schema)
+        return time.monotonic(), head, checkpoints, found
     with contextlib.closing(verification.open_log(settings.events_db)) as log:
         head = log.execute("SELECT max(position) FROM events").fetchone()[0] or 0
     with contextlib.closing(_read_only(settings.readmodels_db)) as db:
@@ -183,6 +221,9 @@ def _sample(settings: Settings) -> tuple[float, int, dict[str, int], tuple | Non
 
 
 def _last_errors(settings: Settings) -> dict[str, dict[str, Any]]:
+    pg = _postgres(settings)
+    if pg is not None:
+        return pg_status.last_errors(*pg, settings.readmodels_pg_schema)
     with contextlib.closing(_read_only(settings.readmodels_db)) as db:
         rows = db.execute("SELECT name, position, type, error FROM projection_failures ORDER BY position").fetchall()
     return {name: {"position": pos, "type": typ, "error": err} for name, pos, typ, err in rows}
@@ -226,7 +267,8 @@ def _rate_text(rate: float | None) -> str:
 )
 def status(data_dir: str | None, as_json: bool, sample: float) -> None:
     """Each projection's checkpoint, lag behind the log head, rate and last error; a rebuild in
-    progress. Reads the files only (also while a server or a rebuild runs on them)."""
+    progress. Reads the files (or the PostgreSQL schemas) only, also while servers or a rebuild
+    run on them."""
     settings = load_settings(data_dir=data_dir)
     try:
         found = _status(settings, sample)

@@ -2,7 +2,10 @@
 
 `verify_store` asks any EventStore (the HTTP route); `verify_path` reads a SQLite event file
 directly, without opening a store (the CLI: nothing is created or written, so it can check a copy
-of a data folder, or a file that turns out not to be a log at all).
+of a data folder, or a file that turns out not to be a log at all). `verify_pg` is the same for a
+log on PostgreSQL: one read-only connection, no schema created, the chain walked page by page
+through one snapshot (a server may be appending meanwhile; the verdict's head is that snapshot's).
+Both walk the stored rows with `codec.verify_rows`, as the stores' `verify_chain` do.
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
+import psycopg
+from psycopg import sql
 
 from kroma.events import codec
 from kroma.events.store import EventStore
@@ -104,3 +110,91 @@ def verify_path(path: str, page: int = 5000) -> Verdict:
     except sqlite3.Error as exc:
         raise LogUnreadable(f"cannot read the event log at {path}: {exc}") from None
     return Verdict(True, head, head)
+
+
+# -- the log on PostgreSQL --------------------------------------------------------------------------
+
+
+def pg_where(url: str, schema: str) -> str:
+    """Where a PostgreSQL log is, for messages: the URL without its password, and the schema."""
+    parts = urlsplit(url.strip())
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username
+    netloc = f"{user}@{host}" if user else host
+    return f"schema {schema} of {urlunsplit((parts.scheme, netloc, parts.path, '', ''))}"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def pg_unreadable(url: str, schema: str, exc: BaseException) -> LogUnreadable:
+    return LogUnreadable(f"cannot read the event log in {pg_where(url, schema)}: {_first_line(exc)}")
+
+
+def pg_unreachable(url: str, schema: str, exc: BaseException) -> LogUnreadable:
+    return LogUnreadable(f"cannot reach the event log in {pg_where(url, schema)}: {_first_line(exc)}")
+
+
+def open_pg_log(url: str, schema: str) -> psycopg.Connection:
+    """A read-only connection to an existing log in `schema` (never creates it), in a repeatable-read
+    transaction: every query of one command sees one snapshot. LogUnreadable when the server does
+    not answer or the schema holds no log."""
+    try:
+        conn = psycopg.connect(url.strip(), connect_timeout=10, application_name="kroma-cli")
+    except psycopg.Error as exc:
+        raise pg_unreachable(url, schema, exc) from None
+    try:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        table = sql.Identifier(schema, "events").as_string(conn)
+        found = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+    except psycopg.Error as exc:
+        conn.close()
+        raise pg_unreadable(url, schema, exc) from None
+    if found is None or found[0] is None:
+        conn.close()
+        raise LogUnreadable(f"no event log in {pg_where(url, schema)}")
+    return conn
+
+
+def pg_pages(
+    conn: psycopg.Connection, schema: str, after: int = 0, until: int | None = None, page: int = 5000
+) -> Iterator[list]:
+    """`pages` for a log on PostgreSQL: the stored rows (COLUMNS, data and metadata as the bytes
+    that were hashed) by position, one bounded page at a time."""
+    query = sql.SQL("SELECT {} FROM {} WHERE position > %s{} ORDER BY position LIMIT %s").format(
+        sql.SQL(COLUMNS),
+        sql.Identifier(schema, "events"),
+        sql.SQL("") if until is None else sql.SQL(" AND position <= %s"),
+    )
+    position = after
+    while True:
+        params = (position, page) if until is None else (position, until, page)
+        rows = conn.execute(query, params).fetchall()
+        if not rows:
+            return
+        yield rows
+        position = rows[-1][0]
+
+
+def pg_head(conn: psycopg.Connection, schema: str) -> int:
+    query = sql.SQL("SELECT coalesce(max(position), 0) FROM {}").format(sql.Identifier(schema, "events"))
+    row = conn.execute(query).fetchone()
+    return int(row[0]) if row else 0
+
+
+def verify_pg(url: str, schema: str, page: int = 5000) -> Verdict:
+    """The verdict on the log in `schema` on the server at `url`; LogUnreadable if the server does
+    not answer or there is no log there."""
+    with closing(open_pg_log(url, schema)) as conn:
+        try:
+            position, prev = 0, codec.GENESIS
+            try:
+                for rows in pg_pages(conn, schema, page=page):
+                    position, prev = codec.verify_rows(rows, prev, position)
+            except codec.ChainBreak as at:
+                return broken(pg_head(conn, schema), at)
+        except psycopg.Error as exc:
+            raise pg_unreadable(url, schema, exc) from None
+    return Verdict(True, position, position)

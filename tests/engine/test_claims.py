@@ -172,14 +172,14 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any
     if request.param == "sqlite":
         yield {}
         return
-    from tests.events.postgres_server import POSTGRES_URL, connect_or_skip
+    from tests.events.postgres_server import POSTGRES_URL, connect_or_skip, drop_schemas
 
     admin = await connect_or_skip()
     name = f"kroma_test_{uuid.uuid4().hex[:12]}"
     try:
         yield {"event_store_url": POSTGRES_URL, "event_store_schema": name}
     finally:
-        await admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        await drop_schemas(admin, name)  # the log's schema and its `_rm` and `_keys` siblings
         await admin.close()
 
 
