@@ -396,9 +396,11 @@ def main() -> None:
         print(
             f"python {platform.python_version()}, {os.cpu_count()} CPUs; load: {loader}, "
             f"{args.connections} connections, {args.warmup:g} s warm-up + {args.rounds} x {args.duration:g} s per scenario; "
-            f"auth {'dev bypass' if args.dev_bypass else 'bearer token'}",
+            f"auth {'dev bypass' if args.dev_bypass else 'bearer token'}; "
+            f"load average {os.getloadavg()[0]:.2f} at the start",
             flush=True,
         )
+        load_start = os.getloadavg()[0]
         try:
             bench.start()
             bench.seed()
@@ -425,8 +427,10 @@ def main() -> None:
         finally:
             bench.stop()
 
+    load_end = os.getloadavg()[0]
     print()
     print(table(results))
+    print(f"\nload average (1 min) {load_start:.2f} at the start, {load_end:.2f} at the end")
     if server_5xx is not None:
         print(
             f"\n5xx answers in kroma's log: {server_5xx}; style guides on bench_01 after the run: {one_project:,}"
@@ -440,6 +444,7 @@ def main() -> None:
             if name != "bare":
                 summary[f"{name}.ratio"] = round(r["rps"] / bare, 3)
         summary["server_5xx"] = server_5xx
+        summary["load_start"], summary["load_end"] = round(load_start, 2), round(load_end, 2)
         print(json.dumps(summary, separators=(",", ":")))
 
 

@@ -96,13 +96,30 @@ async def has_active_tokens(services: Services, settle: bool = True) -> bool:
 
 
 async def authenticate(services: Services, bearer: str) -> Actor | None:
-    """The actor behind a bearer token, or None when it is unknown, revoked or expired."""
+    """The actor behind a bearer token, or None when it is unknown, revoked or expired.
+
+    The token's row is remembered (by hash, never the plaintext) until the read models change,
+    as a route's answer is: a revocation reaches the file as a commit and empties the cache. The
+    expiry is checked against the clock on every request."""
     now = services.clock.now_seconds()
-    row = await read.find_active_by_hash(services.reader, domain.hash_token(bearer.strip()), now)
-    if row is None:
+    token_hash = domain.hash_token(bearer.strip())
+
+    async def build() -> tuple[Actor, str | None, str | None] | None:
+        row = await services.reader.one("SELECT * FROM api_tokens WHERE token_hash = ?", (token_hash,))
+        if row is None:
+            return None
+        actor = Actor(
+            user_id=row["user_id"], token_id=row["id"], project_id=row["project_id"], principal="token"
+        )
+        return actor, row["expires_at"], row["revoked_at"]
+
+    found = await services.reader.derived(("api_token", token_hash), build)
+    if found is None or not domain.is_active(found[1], found[2], now):
         return None
-    services.token_usage.touch(row["id"], now)
-    return Actor(user_id=row["user_id"], token_id=row["id"], project_id=row["project_id"], principal="token")
+    actor = found[0]
+    assert actor.token_id is not None
+    services.token_usage.touch(actor.token_id, now)
+    return actor
 
 
 async def still_active(services: Services, token_id: str) -> bool:

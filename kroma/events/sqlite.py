@@ -27,6 +27,7 @@ from kroma.clock import Clock
 from kroma.events import codec, upcasting, verification
 from kroma.events.envelope import Event, ExpectedVersion, Metadata, NewEvent
 from kroma.events.store import AppendResult, ConcurrencyConflict, IdempotencyMismatch
+from kroma.walcheckpoint import Checkpointer
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -123,6 +124,7 @@ class SQLiteEventStore:
         self._visible_head = 0
         self._state = _WriterState()
         self._writer_task: asyncio.Task[None] | None = None
+        self._checkpointer: Checkpointer | None = None
         self._closing = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -134,12 +136,17 @@ class SQLiteEventStore:
         await dbthread.run(self._writer_conn, self._load_head)
         self._visible_head = self._state.head_position
         self._writer_task = asyncio.create_task(self._writer_loop(), name="kroma-event-writer")
+        self._checkpointer = Checkpointer(self.path)  # no commit of the writer waits for one
+        self._checkpointer.start()
 
     async def close(self) -> None:
         self._closing = True
         self._wake.set()
         if self._writer_task is not None:
             await self._writer_task
+        if self._checkpointer is not None:
+            await self._checkpointer.stop()
+            self._checkpointer = None
         for conn in (self._writer_conn, self._reader_conn):
             if conn is not None:
                 await conn.close()
@@ -226,6 +233,11 @@ class SQLiteEventStore:
                 return
             committed = self._committed
             await committed.wait()
+
+    def known_head(self) -> int:
+        """The newest position this store has written or seen, without I/O (appends by another
+        process show once the writer or `head()` meets them)."""
+        return self._visible_head
 
     def known_version(self, stream_id: str) -> int | None:
         """The stream's version as the writer last saw it, without I/O (None: not looked at yet).

@@ -14,10 +14,9 @@ from litestar.middleware import DefineMiddleware
 from kroma import __version__
 from kroma.config import Settings
 from kroma.http import docs
-from kroma.http.auth import AuthMiddleware
 from kroma.http.deps import get_services
 from kroma.http.errors import to_response
-from kroma.http.middleware import RequestContextMiddleware, StrictBodyMiddleware, options_allow
+from kroma.http.middleware import RequestMiddleware, options_allow
 from kroma.http.routes.catalog import all_routes
 from kroma.http.streams import StreamSlots
 from kroma.services import Services
@@ -40,12 +39,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     app = Litestar(
         route_handlers=[*all_routes(), docs.assets_router()],
         dependencies={"services": Provide(get_services, sync_to_thread=False)},
-        # Outermost first: 401/403 before the request context, idempotency and body parsing.
-        middleware=[
-            DefineMiddleware(AuthMiddleware),
-            DefineMiddleware(RequestContextMiddleware),
-            DefineMiddleware(StrictBodyMiddleware),  # the reference's strict JSON types
-        ],
+        # One layer: 401/403, then the request context, idempotency and strict body types.
+        middleware=[DefineMiddleware(RequestMiddleware)],
         exception_handlers={Exception: to_response},
         lifespan=[lifespan],
         openapi_config=docs.openapi_config("Kroma API", __version__),  # offline page, real statuses
@@ -54,7 +49,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         logging_config=None,
     )
     docs.install(app)
-    app.before_send.append(options_allow(app.routes))
+    app.asgi_handler = options_allow(app.routes, app.asgi_handler)
     app.state.services = services
     app.state.stream_slots = StreamSlots(settings.sse_streams_per_token)
     app.state.started_unix_ms = int(time.time() * 1000)

@@ -1,8 +1,10 @@
-"""Bearer-token authentication (contract §5), as ASGI middleware in front of everything else.
+"""Bearer-token authentication (contract §5): the first step of `kroma.http.middleware`'s one
+ASGI layer.
 
 It runs after routing (an unknown path is still a 404, a wrong method a 405) and before the
-request context / idempotency middleware, body parsing and every handler check, so 401 and 403
-take precedence over 400/404/415/422. On success it puts the `Actor` into `current_request`.
+request context / idempotency, body parsing and every handler check, so 401 and 403 take
+precedence over 400/404/415/422. On success the middleware puts the `Actor` into
+`current_request`.
 
 Order of checks:
 1. Open: `/health` and the API docs (`/docs`, `/docs/openapi.json`, ...). Everything else,
@@ -27,20 +29,18 @@ Order of checks:
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import logging
 from typing import TYPE_CHECKING
 
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import Scope
 
 from kroma import auth
-from kroma.domain.errors import Forbidden, KromaError, Unauthorized
-from kroma.domain.handling import Actor, current_request
+from kroma.domain.errors import Forbidden, Unauthorized
+from kroma.domain.handling import Actor
 from kroma.domain.slugs import normalize_slug
 from kroma.domain.tokens import BOOTSTRAP_PRINCIPAL
 from kroma.domain.users import user_id_for
-from kroma.http import responses
 
 if TYPE_CHECKING:
     from kroma.services import Services
@@ -69,10 +69,15 @@ def bearer_token(scope: Scope) -> str | None:
     must be "Bearer" (any case) and the rest, trimmed, non-empty."""
     for key, value in scope.get("headers", ()):
         if key.lower() == b"authorization":
-            scheme, _, rest = value.decode("latin-1").strip().partition(" ")
-            token = rest.strip()
-            return token if scheme.lower() == "bearer" and token else None
+            return parse_bearer(value)
     return None
+
+
+def parse_bearer(value: bytes) -> str | None:
+    """The bearer value of an `Authorization` header's value (see `bearer_token`)."""
+    scheme, _, rest = value.decode("latin-1").strip().partition(" ")
+    token = rest.strip()
+    return token if scheme.lower() == "bearer" and token else None
 
 
 def is_loopback_bind(bind: str) -> bool:
@@ -119,29 +124,59 @@ def is_global_log(path: str) -> bool:
     return any(path == p or path.startswith(p + "/") for p in GLOBAL_LOG_PREFIXES)
 
 
-async def _check_project(services: Services, actor: Actor, segment: str) -> None:
-    slug = normalize_slug(segment)
+async def _owner(services: Services, slug: str) -> tuple[str, str] | None:
+    """(project id, owner's user id) of the project at `slug`, or None. Every request on a
+    project path asks, so a found one is remembered for good: a slug never moves to another
+    project, a project never changes owner (an upsert by another user is refused) and is never
+    deleted."""
+
+    async def build() -> tuple[str, str] | None:
+        row = await services.reader.one("SELECT id, owner_username FROM projects WHERE slug = ?", (slug,))
+        return None if row is None else (row["id"], user_id_for(row["owner_username"]))
+
+    return await services.reader.lasting(("project_owner", slug), build)
+
+
+# (routed path, raw path) -> the normalised slugs of `project_segments`: a pure function of the
+# two, asked on every request to a project path. Bounded: past it, paths are worked out each time.
+_SLUGS_MAX = 4096
+_slugs: dict[tuple[str, object], list[str | None]] = {}
+
+
+def _project_slugs(scope: Scope) -> list[str | None]:
+    raw = scope.get("raw_path")
+    key = (scope["path"], bytes(raw) if isinstance(raw, bytearray) else raw)
+    found = _slugs.get(key)
+    if found is None:
+        found = [normalize_slug(segment) for segment in project_segments(scope)]
+        if len(_slugs) < _SLUGS_MAX:
+            _slugs[key] = found
+    return found
+
+
+async def _check_project(services: Services, actor: Actor, slug: str | None) -> None:
     if slug is None:
         raise Forbidden(ACCESS_FAILED)
     try:
-        row = await services.reader.one("SELECT id, owner_username FROM projects WHERE slug = ?", (slug,))
+        owner = await _owner(services, slug)
     except Exception:
         log.exception("project access check failed")
         raise Forbidden(ACCESS_FAILED) from None
     if (
-        row is None
-        or user_id_for(row["owner_username"]) != actor.user_id
-        or (actor.project_id is not None and actor.project_id != row["id"])
+        owner is None
+        or owner[1] != actor.user_id
+        or (actor.project_id is not None and actor.project_id != owner[0])
     ):
         raise Forbidden(NOT_AUTHORIZED)
 
 
-async def _actor(scope: Scope) -> Actor:
-    services = scope["app"].state.services
+async def actor_for(scope: Scope, services: Services, authorization: bytes | None) -> Actor:
+    """The actor of a request to a path that needs one (`is_open` is false), given the value of
+    its `Authorization` header; raises the contract's 401 / 403."""
     settings = services.settings
     if settings.auth_dev_bypass:
         return DEV_BYPASS
-    bearer = bearer_token(scope)
+    bearer = None if authorization is None else parse_bearer(authorization)
     if bearer is None:
         if (
             scope.get("method", "") == "POST"
@@ -164,29 +199,8 @@ async def _actor(scope: Scope) -> Actor:
         raise Unauthorized(VALIDATION_FAILED) from None
     if actor is None:
         raise Unauthorized(INVALID)
-    for segment in project_segments(scope):
-        await _check_project(services, actor, segment)
+    for slug in _project_slugs(scope):
+        await _check_project(services, actor, slug)
     if actor.project_id is not None and is_global_log(scope["path"]):
         raise Forbidden(NOT_AUTHORIZED)
     return actor
-
-
-class AuthMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_open(scope["path"]):
-            await self.app(scope, receive, send)
-            return
-        try:
-            actor = await _actor(scope)
-        except KromaError as exc:
-            body = responses.encode(responses.error_body(exc.message, exc.kind, exc.code))
-            await responses.send_json(send, exc.status, body)
-            return
-        token = current_request.set(dataclasses.replace(current_request.get(), actor=actor))
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            current_request.reset(token)

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from litestar import Request, Response
+from litestar import Request
 
 from kroma.domain.errors import NotFound, ValidationError
 from kroma.http import responses
@@ -58,10 +58,10 @@ async def project_as_of(
         snapshot.close()
 
 
-async def project_detail(services: Services, slug: str, position: int) -> Response[bytes]:
+async def project_detail(services: Services, slug: str, position: int) -> responses.Answer:
     """GET /api/projects/{slug}?as_of=: the detail answer as it was after `position`."""
     async with project_as_of(services, slug, position, counted=True) as (row, _rm):
-        return responses.ok(
+        return responses.ok_answer(
             project=read.project_detail(row),
             counts=read.detail_counts(row),
             storage=read.resolve_storage(row, row["slug"], services.settings.workspace),

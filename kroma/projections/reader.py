@@ -27,6 +27,8 @@ import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, TypeVar
 
+from kroma.walcheckpoint import Checkpointer
+
 T = TypeVar("T")
 
 INLINE_BUDGET = 0.002  # seconds a statement may run on the event loop before it moves to a thread
@@ -36,6 +38,7 @@ _CHECK_EVERY = 2000  # SQLite VM instructions between two looks at the clock
 CACHE_MAX_ENTRIES = 2048  # distinct (statement, parameters) answers kept between two commits
 CACHE_MAX_ROWS = 256  # larger answers are not cached
 CACHE_MAX_BYTES = 256 * 1024  # nor larger derived bytes (an encoded answer)
+LASTING_MAX_ENTRIES = 65536  # values that never change (`lasting`), kept while the reader is open
 
 
 def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
@@ -68,37 +71,70 @@ class ReadModels:
         self.moved_to_thread = 0  # statements that outgrew the inline budget (or met a lock)
         self._cache: dict[tuple[str, tuple[Any, ...]], list[dict[str, Any]]] = {}
         self._derived: dict[Hashable, Any] = {}
+        self._lasting: dict[Hashable, Any] = {}
         self._cache_version: int | None = None
+        self._fresh = False  # _cache_version is current until the loop runs _stale
+        self._checkpointer: Checkpointer | None = None
 
     async def open(self) -> None:
         # The file's schema and WAL mode come from the projection runner; a fresh file is fine too.
         self._inline = _open(self.path, 0)  # never wait on the loop: a busy file moves to a thread
         self._inline.set_progress_handler(self._over_budget, _CHECK_EVERY)
         self._slots = asyncio.Semaphore(self.thread_connections)
+        # The file's checkpoints run here, not in the projection runner's commits (which
+        # requests wait for); the reader is open wherever the runner writes.
+        self._checkpointer = Checkpointer(self.path)
+        self._checkpointer.start()
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            await self._checkpointer.stop()
+            self._checkpointer = None
         inline, self._inline = self._inline, None
         self._cache.clear()
         self._derived.clear()
         self._cache_version = None
+        self._fresh = False
         if inline is not None:
             inline.close()
         while self._idle:
             self._idle.pop().close()
+
+    def forget(self) -> None:
+        """Drop every remembered answer (the next statement reads the file again)."""
+        self._cache.clear()
+        self._derived.clear()
+        self._lasting.clear()
 
     def _over_budget(self) -> int:
         return 1 if time.perf_counter() > self._deadline else 0
 
     def _look(self, db: sqlite3.Connection) -> int:
         """The file's data version now; the caches are emptied when another connection committed
-        since the last look. Read before a statement, so a cached answer is never older."""
+        since the last look. Read before a statement, so a cached answer is never older.
+
+        One look answers every statement until the event loop runs the callback it queues (the
+        `PRAGMA` costs ~3 us, a request makes up to three). That is still read-your-writes: a
+        commit after the look reaches a reader only through a callback queued after it (the
+        loop's ready queue is FIFO: a thread's `call_soon_threadsafe`, a task woken by the
+        runner, a socket read that starts a request), so `_stale` runs first."""
         self._deadline = time.perf_counter() + self.inline_budget
+        if self._fresh:
+            return self._cache_version  # type: ignore[return-value]  # set with _fresh
         version: int = db.execute("PRAGMA data_version").fetchone()[0]
         if version != self._cache_version:
             self._cache.clear()
             self._derived.clear()
             self._cache_version = version
+        try:
+            asyncio.get_running_loop().call_soon(self._stale)
+        except RuntimeError:  # no loop running (a synchronous caller): look every time
+            return version
+        self._fresh = True
         return version
+
+    def _stale(self) -> None:
+        self._fresh = False
 
     async def derived(self, key: Hashable, build: Callable[[], Awaitable[T]]) -> T:
         """What `build()` returns, remembered as a statement's rows are (until another connection
@@ -117,6 +153,18 @@ class ReadModels:
         small = not isinstance(value, bytes) or len(value) <= CACHE_MAX_BYTES
         if small and self._cache_version == version and len(self._derived) < CACHE_MAX_ENTRIES:
             self._derived[key] = value  # nobody saw a newer version meanwhile
+        return value
+
+    async def lasting(self, key: Hashable, build: Callable[[], Awaitable[T | None]]) -> T | None:
+        """What `build()` returns, remembered for good once it is not None: for a value that never
+        changes once it exists (a slug's project and its owner). None is asked again each time.
+        The value is shared, so it must never be changed."""
+        found = self._lasting.get(key)
+        if found is not None:
+            return found
+        value = await build()
+        if value is not None and len(self._lasting) < LASTING_MAX_ENTRIES:
+            self._lasting[key] = value
         return value
 
     async def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:

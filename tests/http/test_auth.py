@@ -633,6 +633,7 @@ def test_the_failure_messages_of_each_check(
         return await real_one(sql, params)
 
     monkeypatch.setattr(services.reader, "one", no_projects)
+    services.reader.forget()  # the access check remembers a project's owner until a commit
     response = auth_client.get("/api/projects/demo", headers=bearer(root))
     assert_error(response, 403, "Project access check failed", "forbidden")
     monkeypatch.setattr(services.reader, "one", real_one)
@@ -640,10 +641,17 @@ def test_the_failure_messages_of_each_check(
     async def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(auth.read, "find_active_by_hash", broken)
+    async def no_tokens(sql: str, params: tuple[Any, ...] = ()) -> Any:
+        if "FROM api_tokens" in sql:
+            raise sqlite3.OperationalError("disk I/O error")
+        return await real_one(sql, params)
+
+    monkeypatch.setattr(services.reader, "one", no_tokens)
+    services.reader.forget()  # a validated token is remembered until a commit
     assert_error(
         auth_client.get("/auth/tokens", headers=bearer(root)), 401, "Token validation failed", "unauthorized"
     )
+    monkeypatch.setattr(services.reader, "one", real_one)
     monkeypatch.setattr(auth.read, "has_active", broken)
     assert_error(
         auth_client.post("/auth/token", json={}), 401, "Token bootstrap check failed", "unauthorized"

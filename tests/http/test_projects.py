@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from litestar.testing import TestClient
+
+from tests.http.log_seed import services_of
 
 
 def assert_error(
@@ -45,6 +50,28 @@ def test_upsert_same_slug_updates_and_omitted_description_is_wiped(client: TestC
     assert second["project"]["id"] == first["project"]["id"]
     detail = client.get("/api/projects/a").json()["project"]
     assert detail["name"] == "A2" and detail["description"] == ""
+    assert client.get("/api/projects").json()["count"] == 1
+
+
+def test_a_create_decided_on_a_lagging_read_model_is_decided_again_from_the_log(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create takes the read models' word that a slug is free (no read of the log); when they
+    lag (another process took the slug), the append's NO_STREAM check refuses it and the command
+    is decided again from the log: here an update of the project that holds the slug."""
+    first = client.post("/api/projects", json={"name": "Demo", "slug": "demo"}).json()["project"]
+    services = services_of(client)
+    real_one = services.reader.one
+
+    async def lagging(sql: str, params: Any = ()) -> Any:
+        return None if "AS taken" in sql else await real_one(sql, params)
+
+    monkeypatch.setattr(services.reader, "one", lagging)
+    response = client.post("/api/projects", json={"name": "Demo again", "slug": "demo"})
+    assert response.status_code == 200, response.text
+    project = response.json()["project"]
+    assert project["id"] == first["id"] and project["name"] == "Demo again"
+    monkeypatch.setattr(services.reader, "one", real_one)
     assert client.get("/api/projects").json()["count"] == 1
 
 

@@ -3,6 +3,7 @@ that no commit by another connection can outlive."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import closing
@@ -62,11 +63,25 @@ async def test_a_cached_answer_never_outlives_a_commit_by_another_connection(
 ) -> None:
     query = "SELECT name FROM things WHERE id = ?"
     assert await reader.scalar(query, (1,)) == "thing 1"
+    # Commits reach a reader as the projection runner's do: from another thread, and the loop
+    # learns that they are done through a callback.
+    with closing(sqlite3.connect(path, isolation_level=None, check_same_thread=False)) as writer:
+        await asyncio.to_thread(writer.execute, "UPDATE things SET name = 'renamed' WHERE id = 1")
+        assert await reader.scalar(query, (1,)) == "renamed"  # the very next read sees the commit
+        await asyncio.to_thread(writer.execute, "DELETE FROM things WHERE id = 1")
+    assert await reader.one(query, (1,)) is None
+
+
+async def test_one_look_at_the_file_serves_the_callback_that_made_it(path: str, reader: ReadModels) -> None:
+    """`PRAGMA data_version` is read once per turn of the loop: a commit made within the very
+    callback that looked (nothing in the application does that) is seen from the next one on."""
+    query = "SELECT name FROM things WHERE id = ?"
+    assert await reader.scalar(query, (1,)) == "thing 1"
     with closing(sqlite3.connect(path, isolation_level=None)) as writer:
         writer.execute("UPDATE things SET name = 'renamed' WHERE id = 1")
-        assert await reader.scalar(query, (1,)) == "renamed"  # the very next read sees the commit
-        writer.execute("DELETE FROM things WHERE id = 1")
-    assert await reader.one(query, (1,)) is None
+        assert await reader.scalar(query, (1,)) == "thing 1"
+        await asyncio.sleep(0)
+        assert await reader.scalar(query, (1,)) == "renamed"
 
 
 async def test_rows_handed_out_are_the_callers_own(reader: ReadModels) -> None:
@@ -95,8 +110,8 @@ async def test_a_derived_value_is_remembered_until_another_connection_commits(
 
     assert [await reader.derived(("thing", 1), build) for _ in range(3)] == [b"thing 1"] * 3
     assert builds == 1
-    with closing(sqlite3.connect(path, isolation_level=None)) as writer:
-        writer.execute("UPDATE things SET name = 'renamed' WHERE id = 1")
+    with closing(sqlite3.connect(path, isolation_level=None, check_same_thread=False)) as writer:
+        await asyncio.to_thread(writer.execute, "UPDATE things SET name = 'renamed' WHERE id = 1")
     assert await reader.derived(("thing", 1), build) == b"renamed" and builds == 2
 
 
@@ -113,3 +128,21 @@ async def test_a_derived_value_whose_build_fails_is_built_again(reader: ReadMode
     with pytest.raises(LookupError):
         await reader.derived("key", build)
     assert await reader.derived("key", build) == b"there" and attempts == 2
+
+
+async def test_a_lasting_value_is_kept_once_found_and_an_absent_one_is_asked_again(
+    reader: ReadModels,
+) -> None:
+    asked: list[int] = []
+
+    async def build(thing: int) -> str | None:
+        asked.append(thing)
+        return await reader.scalar("SELECT name FROM things WHERE id = ?", (thing,))
+
+    assert await reader.lasting(("thing", 2), lambda: build(2)) == "thing 2"
+    assert await reader.lasting(("thing", 2), lambda: build(2)) == "thing 2"
+    assert await reader.lasting(("thing", 0), lambda: build(0)) is None
+    assert await reader.lasting(("thing", 0), lambda: build(0)) is None
+    assert asked == [2, 0, 0]
+    reader.forget()
+    assert await reader.lasting(("thing", 2), lambda: build(2)) == "thing 2" and asked == [2, 0, 0, 2]

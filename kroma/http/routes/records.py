@@ -45,13 +45,13 @@ def named_router(path: str, table: RecordProjection, body: type[msgspec.Struct],
     kind: RecordKind = table.kind
 
     @get("/")
-    async def list_records(slug: FromPath[str], request: Request) -> Response[bytes]:
+    async def list_records(slug: FromPath[str], request: Request) -> responses.Answer:
         services = services_of(request)  # not injected: Litestar's DI costs ~13 us a request
         as_of = await time_travel.as_of_param(services, request)
         if as_of is not None:  # the list as it was after that event, folded from the project's events
             async with time_travel.project_as_of(services, slug, as_of) as (past, rm):
                 views = await table.all(rm, past["id"])
-            return responses.ok(**{"count": len(views), kind.collection: views})
+            return responses.ok_answer(**{"count": len(views), kind.collection: views})
 
         async def answer() -> bytes:
             project = await project_row(services, slug)
@@ -67,7 +67,7 @@ def named_router(path: str, table: RecordProjection, body: type[msgspec.Struct],
         slug: FromPath[str],
         data: JSONBody[body],  # type: ignore[valid-type]  # one router per record kind
         request: Request,
-    ) -> Response[bytes]:
+    ) -> responses.Answer:
         services = services_of(request)
         values = records.create_values(kind, data)
         project = await project_id(services, slug)
@@ -76,10 +76,10 @@ def named_router(path: str, table: RecordProjection, body: type[msgspec.Struct],
             project, lambda s, meta: [records.decide_create(kind, s, values, new_id, meta)]
         )
         view = await settled_view(services, outcome, table, project, new_id)
-        return responses.ok(**{kind.entity: view, "audit_id": outcome.audit_id})
+        return responses.ok_answer(**{kind.entity: view, "audit_id": outcome.audit_id})
 
     @get("/{record_id:str}")
-    async def get_record(slug: FromPath[str], record_id: FromPath[str], request: Request) -> Response[bytes]:
+    async def get_record(slug: FromPath[str], record_id: FromPath[str], request: Request) -> responses.Answer:
         services = services_of(request)
 
         async def answer() -> bytes:
