@@ -43,6 +43,7 @@ from PIL import Image
 from kroma.config import Settings
 from kroma.events.envelope import Metadata, NewEvent
 from kroma.http.app import create_app
+from kroma.projections.runner import BUILD_GROUP
 from kroma.services import Services
 
 DEFAULT_POSTGRES_URL = os.environ.get("KROMA_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -231,7 +232,10 @@ def main() -> None:
             f"{r['python_heap_peak_mb']:>14}{r['peak_rss_mb']:>13}"
         )
     r = result["rebuild_all"]
-    print(f"({r['projections']} projections, one transaction per 2,000-event page)")
+    print(
+        f"({r['projections']} projections; 2,000-event pages, {BUILD_GROUP} to a transaction in the fresh file"
+        " when the log is SQLite's, one otherwise)"
+    )
     if "rebuild_all_postgres" in result:
         print("(rebuild_all_postgres: the log on PostgreSQL, read through asyncpg; read models in SQLite)")
     if args.json:

@@ -210,7 +210,7 @@ class AuditProjection:
     CREATE TABLE audit_entries (
         position      INTEGER PRIMARY KEY,
         event_id      TEXT NOT NULL,
-        group_id      TEXT NOT NULL UNIQUE,
+        group_id      TEXT NOT NULL,
         project_id    TEXT,
         type          TEXT NOT NULL,
         actor_user_id TEXT,
@@ -222,6 +222,7 @@ class AuditProjection:
         summary       TEXT NOT NULL,
         event_count   INTEGER NOT NULL
     );
+    CREATE UNIQUE INDEX audit_by_group ON audit_entries (group_id);
     CREATE INDEX audit_by_project ON audit_entries (project_id, position);
     CREATE INDEX audit_by_type ON audit_entries (type, position)
     """
@@ -233,54 +234,123 @@ class AuditProjection:
         """Fold a page: the rows folding it event by event would leave (the first event of a command
         inserts its entry, later ones count and may fill the project or set the summary), with one
         upsert per command: no lookup first, which at a million entries costs as much as the write."""
-        groups: dict[str, list[Any]] = {}  # group -> [first event, count, project id, summary event]
-        for event in events:
-            group = event.metadata.correlation_id or event.event_id
-            project_id = event.data.get("project_id")
-            if type(project_id) is not str:
-                project_id = project_id if isinstance(project_id, str) else None
-            summary_event = event if event.type in SUMMARY_TYPES else None
-            entry = groups.get(group)
-            if entry is None:
-                groups[group] = [event, 1, project_id, summary_event]
-                continue
-            entry[1] += 1
-            if entry[2] is None:
-                entry[2] = project_id
-            if summary_event is not None:
-                entry[3] = summary_event
-        counted: list[tuple[Any, ...]] = []
-        summarized: list[tuple[Any, ...]] = []
-        for group, (first, count, project_id, summary_event) in groups.items():
-            shown = summary_event or first
-            entity, entity_id, summary = summarize(shown)
-            meta = first.metadata
-            row = (
-                first.position,
-                first.event_id,
-                group,
-                project_id,
-                shown.type,
-                meta.actor_user_id,
-                meta.token_id,
-                meta.request_id,
-                first.recorded_at,
-                entity,
-                entity_id,
-                _summary_text(summary),
-                count,
-            )
-            (counted if summary_event is None else summarized).append(row)
+        counted, summarized = _entries(events)
         if counted:
             db.executemany(_UPSERT, counted)
         if summarized:
             db.executemany(_UPSERT_SUMMARY, summarized)
 
+    def build_many(self, db: sqlite3.Connection, events: list[Event], state: dict[str, Any]) -> None:
+        """`apply_many` in a rebuild's file before `audit_by_group` exists (see ProjectionRunner._create):
+        each page's entries are inserted as they are, so a command whose events span pages has one
+        partial row per page, and `finish_build` merges them into the entry `apply_many` leaves.
+        Each row's command is also noted by hash in a temporary table (a file of SQLite's, so
+        memory stays flat however long the log), to find those commands."""
+        counted, summarized = _entries(events)
+        rows = counted + summarized
+        if not rows:
+            return
+        db.execute(_GROUPS)  # each time: a savepoint rolled back may have taken it away
+        db.executemany(_INSERT, rows)
+        db.executemany("INSERT INTO temp.audit_build VALUES (?, ?)", [(r[0], hash(r[2])) for r in rows])
+        state.setdefault("summarized", set()).update(r[0] for r in summarized)
+
+    def finish_build(self, db: sqlite3.Connection, state: dict[str, Any]) -> None:
+        """Merge the partial rows `build_many` left for one command as the upserts would have: the
+        first row stays, counts add up, the project is the first one named, and the last row that
+        came from a summary event sets what the entry shows."""
+        if db.execute("SELECT 1 FROM temp.sqlite_master WHERE name = 'audit_build'").fetchone() is None:
+            return
+        candidates = [
+            position
+            for (position,) in db.execute(
+                "SELECT position FROM temp.audit_build WHERE hash IN"
+                " (SELECT hash FROM temp.audit_build GROUP BY hash HAVING count(*) > 1)"
+            )
+        ]
+        db.execute("DROP TABLE temp.audit_build")
+        summarized: set[int] = state.get("summarized", set())
+        groups: dict[str, list[tuple[Any, ...]]] = {}
+        for start in range(0, len(candidates), 500):
+            chunk = candidates[start : start + 500]
+            for row in db.execute(
+                "SELECT position, group_id, project_id, type, entity_type, entity_id, summary, event_count"
+                f" FROM audit_entries WHERE position IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ):
+                groups.setdefault(row[1], []).append(row)
+        for rows in groups.values():
+            if len(rows) < 2:
+                continue  # a hash two commands share
+            rows.sort()
+            first = rows[0]
+            shown = next((r for r in reversed(rows[1:]) if r[0] in summarized), first)
+            db.execute(
+                "UPDATE audit_entries SET project_id = ?, type = ?, entity_type = ?, entity_id = ?, summary = ?,"
+                " event_count = ? WHERE position = ?",
+                (
+                    next((r[2] for r in rows if r[2] is not None), None),
+                    *shown[3:7],
+                    sum(r[7] for r in rows),
+                    first[0],
+                ),
+            )
+            db.executemany("DELETE FROM audit_entries WHERE position = ?", [(r[0],) for r in rows[1:]])
+
+
+# A rebuild's note of which command each row belongs to (see build_many); TEMP: never in the file.
+_GROUPS = "CREATE TEMP TABLE IF NOT EXISTS audit_build (position INTEGER PRIMARY KEY, hash INTEGER NOT NULL)"
+
+
+def _entries(events: list[Event]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """A page's entries, one row per command: (those shown by their first event, those shown by a
+    summary event)."""
+    groups: dict[str, list[Any]] = {}  # group -> [first event, count, project id, summary event]
+    for event in events:
+        group = event.metadata.correlation_id or event.event_id
+        project_id = event.data.get("project_id")
+        if type(project_id) is not str:
+            project_id = project_id if isinstance(project_id, str) else None
+        summary_event = event if event.type in SUMMARY_TYPES else None
+        entry = groups.get(group)
+        if entry is None:
+            groups[group] = [event, 1, project_id, summary_event]
+            continue
+        entry[1] += 1
+        if entry[2] is None:
+            entry[2] = project_id
+        if summary_event is not None:
+            entry[3] = summary_event
+    counted: list[tuple[Any, ...]] = []
+    summarized: list[tuple[Any, ...]] = []
+    for group, (first, count, project_id, summary_event) in groups.items():
+        shown = summary_event or first
+        entity, entity_id, summary = summarize(shown)
+        meta = first.metadata
+        row = (
+            first.position,
+            first.event_id,
+            group,
+            project_id,
+            shown.type,
+            meta.actor_user_id,
+            meta.token_id,
+            meta.request_id,
+            first.recorded_at,
+            entity,
+            entity_id,
+            _summary_text(summary),
+            count,
+        )
+        (counted if summary_event is None else summarized).append(row)
+    return counted, summarized
+
 
 # A command's first event inserts its entry; the entry of a command seen before (in an earlier page)
 # only counts the events and fills the project, and a summary event also sets what it shows.
+_INSERT = "INSERT INTO audit_entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _UPSERT = (
-    "INSERT INTO audit_entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (group_id) DO UPDATE SET"
+    _INSERT + " ON CONFLICT (group_id) DO UPDATE SET"
     " event_count = event_count + excluded.event_count, project_id = coalesce(project_id, excluded.project_id)"
 )
 _UPSERT_SUMMARY = (

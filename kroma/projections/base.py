@@ -9,6 +9,13 @@ from kroma.events.envelope import Event
 
 
 class Projection(Protocol):
+    """Optional members the runner uses when present:
+    - `apply_many(db, events)`: fold a page at once, leaving the rows `apply` would, event by event.
+    - `build_many(db, events, state)` and `finish_build(db, state)`: fold into a rebuild's fresh
+      SQLite file before the projection's `CREATE UNIQUE INDEX`es exist (they are created after
+      `finish_build`, which makes the rows fit them); `state` is a dict kept for that one build.
+    """
+
     # Read-only members, so plain class attributes (`name = "projects"`) satisfy them.
     @property
     def name(self) -> str: ...

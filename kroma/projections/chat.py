@@ -10,6 +10,8 @@ from kroma.domain.chat import MESSAGE_POSTED, SESSION_CREATED
 from kroma.events.envelope import Event
 from kroma.projections.reader import ReadModels
 
+_POST = "INSERT INTO chat_messages VALUES (?,?,?,?,?,?,?)"
+
 
 class ChatProjection:
     name = "chat"
@@ -39,6 +41,31 @@ class ChatProjection:
     CREATE INDEX chat_messages_by_session ON chat_messages (session_id, position)
     """
 
+    def apply_many(self, db: sqlite3.Connection, events: list[Event]) -> None:
+        """The rows `apply` leaves event by event; a run of messages is one statement."""
+        posted: list[tuple[Any, ...]] = []
+        for event in events:
+            if event.type == SESSION_CREATED:
+                if posted:
+                    db.executemany(_POST, posted)
+                    posted = []
+                self.apply(db, event)
+                continue
+            d = event.data
+            posted.append(
+                (
+                    d["message_id"],
+                    d["project_id"],
+                    d["session_id"],
+                    d["role"],
+                    d["content"],
+                    to_seconds(event.recorded_at),
+                    event.position,
+                )
+            )
+        if posted:
+            db.executemany(_POST, posted)
+
     def apply(self, db: sqlite3.Connection, event: Event) -> None:
         d = event.data
         at = to_seconds(event.recorded_at)
@@ -49,7 +76,7 @@ class ChatProjection:
             )
         else:  # a message never touches its session's updated_at
             db.execute(
-                "INSERT INTO chat_messages VALUES (?,?,?,?,?,?,?)",
+                _POST,
                 (
                     d["message_id"],
                     d["project_id"],

@@ -11,8 +11,11 @@ dies, the pause ends by itself (its pid is gone, or its deadline passes) and the
 it was.
 
 A fresh file needs no durability until it is swapped in (a crash just means starting over), so it
-is written with an in-memory rollback journal and no fsync; the swap itself is an ordinary
-durable transaction on the live file.
+is folded with no rollback journal, no fsync and many pages to a transaction; the swap itself is
+an ordinary durable transaction on the live file. Without a journal nothing can be rolled back: if
+a page fails to fold, the fold starts again in a fresh file with an in-memory journal, where the
+failing page is folded event by event as on the live file (the event recorded as a failure). The
+few events appended during the fold, the carried-over tables and the swap run with that journal.
 
 `build_as_of` folds the log up to a position into a separate file (time travel); nothing live is
 touched.
@@ -24,20 +27,26 @@ import asyncio
 import contextlib
 import fcntl
 import gc
+import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import aiosqlite
 
 from kroma import dbthread
-from kroma.projections.runner import HOST, RUNNER_TABLES, Progress, ProjectionRunner
+from kroma.projections.runner import HOST, RUNNER_TABLES, Progress, ProjectionRunner, UnjournaledFailure
+
+log = logging.getLogger(__name__)
 
 PAUSE_SECONDS = 120.0  # the longest a swap may pause the live runners (a dead rebuilder's pause ends sooner)
 PROGRESS_EVERY = 1.0  # seconds between progress notes in the live file
 CACHE_KIB = 32 * 1024  # page cache of a fresh file while it is built (peak RSS stays bounded)
+# While the indexes are sorted: the sorter holds up to a cache's worth of keys in memory besides the
+# cache itself, and writing an index needs few cached pages.
+INDEX_CACHE_KIB = 8 * 1024
 
 
 class RebuildBusy(Exception):
@@ -47,7 +56,7 @@ class RebuildBusy(Exception):
 async def connect_scratch(path: str, copy_from: str | None = None, like: str | None = None) -> aiosqlite.Connection:
     """A connection to a fresh file for a rebuild: a copy of the live file's contents when
     `copy_from` is given, else empty with the page size of `like` (the backup into a WAL file needs
-    equal page sizes); an in-memory rollback journal and no fsync."""
+    equal page sizes); no rollback journal (`journaled()` adds one) and no fsync."""
     _remove(path)
     conn = await aiosqlite.connect(path, isolation_level=None)
 
@@ -58,12 +67,17 @@ async def connect_scratch(path: str, copy_from: str | None = None, like: str | N
         elif like is not None and Path(like).exists():
             with contextlib.closing(_connect_live(like)) as live:
                 db.execute(f"PRAGMA page_size={int(live.execute('PRAGMA page_size').fetchone()[0])}")
-        db.execute("PRAGMA journal_mode=MEMORY")
+        db.execute("PRAGMA journal_mode=OFF")
         db.execute("PRAGMA synchronous=OFF")
         db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
 
     await dbthread.run(conn, setup)
     return conn
+
+
+def journaled(db: sqlite3.Connection) -> None:
+    """From now on a scratch file keeps an in-memory rollback journal: its transactions can roll back."""
+    db.execute("PRAGMA journal_mode=MEMORY")
 
 
 def _connect_live(path: str) -> sqlite3.Connection:
@@ -164,17 +178,30 @@ def _swap_into(db: sqlite3.Connection, live_path: str) -> None:
 
 
 async def _fold_fresh(
-    fresh: ProjectionRunner,
+    open_fresh: Callable[[bool], Awaitable[ProjectionRunner]],
     progress: Progress | None,
     on_page: Callable[[int, int], None] | None = None,
     until: int | None = None,
-) -> int:
-    """Fold a scratch file up to the head (or `until`), then create its deferred indexes."""
+) -> tuple[ProjectionRunner, int]:
+    """Fold a scratch file opened by `open_fresh(journaled)` up to the head (or `until`), then create
+    its deferred indexes; returns its runner and the position reached. The file is first folded with
+    no journal; if a page fails there, `open_fresh(True)` starts it again with one."""
+    fresh = await open_fresh(False)
+    if getattr(fresh.store, "page_reader", None) is None:  # folded by catch_up, which rolls a failed page back
+        assert fresh._conn is not None
+        await dbthread.run(fresh._conn, journaled)
+    try:
+        with _frozen_heap():
+            reached = await fresh.build(progress, until, on_page)
+    except UnjournaledFailure:
+        log.warning("a page failed to fold without a journal; folding again with one", exc_info=True)
+        fresh = await open_fresh(True)
+        with _frozen_heap():
+            reached = await fresh.build(progress, until, on_page)
     assert fresh._conn is not None
-    with _frozen_heap():
-        reached = await fresh.build(progress, until, on_page)
+    await dbthread.run(fresh._conn, lambda db: db.execute(f"PRAGMA cache_size=-{INDEX_CACHE_KIB}"))
     await dbthread.run(fresh._conn, fresh.create_deferred_indexes)
-    return reached
+    return fresh, reached
 
 
 @contextlib.contextmanager
@@ -198,27 +225,40 @@ async def rebuild_live(
     returns the position the swapped-in read models reflect."""
     live = runner.path
     with _exclusive(live):
-        fresh = ProjectionRunner(runner.store, f"{live}.rebuild-{os.getpid()}", runner.projections, runner.page, scratch=True)
+        path = f"{live}.rebuild-{os.getpid()}"
         notes = _LiveNotes(live)
         owned = set(RUNNER_TABLES) | {t for p in runner.projections for t in p.tables}
-        try:
+        opened: list[ProjectionRunner] = []
+
+        async def open_fresh(with_journal: bool) -> ProjectionRunner:
+            for earlier in opened:
+                await earlier.close()
+            fresh = ProjectionRunner(runner.store, path, runner.projections, runner.page, scratch=True)
+            opened.append(fresh)
             await fresh.open(copy_from=live if names else None, like=live)
             assert fresh._conn is not None
+            if with_journal:
+                await dbthread.run(fresh._conn, journaled)
             if names:
                 await dbthread.run(fresh._conn, fresh.reset, list(names))
+            return fresh
 
+        try:
             head = await runner.store.head()
             await asyncio.to_thread(notes.building, 0, head, True)
-            reached = await _fold_fresh(fresh, progress, notes.building)
+            fresh, reached = await _fold_fresh(open_fresh, progress, notes.building)
+            assert fresh._conn is not None
+            await dbthread.run(fresh._conn, journaled)  # the rest can fail and roll back like any file
             await asyncio.to_thread(notes.pause, reached, head)
             reached = await fresh.build(progress)  # what was appended meanwhile; the live file waits
             await dbthread.run(fresh._conn, _carry_over, live, owned)
             await dbthread.run(fresh._conn, _swap_into, live)
             return reached
         finally:
-            await fresh.close()
+            for fresh in opened:
+                await fresh.close()
             await asyncio.to_thread(notes.clear)
-            _remove(fresh.path)
+            _remove(path)
 
 
 async def build_as_of(
@@ -228,17 +268,30 @@ async def build_as_of(
     exist), as the read models were right after that event; returns the position reached."""
     if os.path.exists(target):  # noqa: ASYNC240  # one stat before a long fold
         raise FileExistsError(f"{target} already exists")
-    built = ProjectionRunner(runner.store, target, runner.projections, runner.page, scratch=True)
-    try:
+    opened: list[ProjectionRunner] = []
+
+    async def open_fresh(with_journal: bool) -> ProjectionRunner:
+        for earlier in opened:
+            await earlier.close()
+        built = ProjectionRunner(runner.store, target, runner.projections, runner.page, scratch=True)
+        opened.append(built)
         await built.open()
-        reached = await _fold_fresh(built, progress, until=until)
+        if with_journal:
+            assert built._conn is not None
+            await dbthread.run(built._conn, journaled)
+        return built
+
+    try:
+        built, reached = await _fold_fresh(open_fresh, progress, until=until)
         assert built._conn is not None
         await dbthread.run(built._conn, lambda db: db.execute("PRAGMA journal_mode=WAL"))
         return reached
     except BaseException:
-        await built.close()
+        for built in opened:
+            await built.close()
         _remove(target)
         raise
     finally:
-        await built.close()
+        for built in opened:
+            await built.close()
 

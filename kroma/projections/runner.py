@@ -65,10 +65,16 @@ CREATE TABLE IF NOT EXISTS projection_rebuild (
 )"""
 RUNNER_TABLES = ("checkpoints", "projection_failures", "projection_rebuild")
 PAUSE_POLL = 0.05  # seconds between looks at a paused read model
+BUILD_GROUP = 16  # pages to a transaction in a file written without a rollback journal (a rebuild's)
 FAULT_PATIENCE = 2.0  # seconds a read-your-writes wait lasts while the read models cannot be written
 
 Progress = Callable[[int, int], None]  # (position reached, head)
 HOST = socket.gethostname()
+
+
+class UnjournaledFailure(Exception):
+    """A page failed to fold into a file written without a rollback journal: what the file holds is
+    unknown, so the build starts again in a file with one (see kroma.projections.rebuild)."""
 
 
 def pid_alive(host: str, pid: int) -> bool:
@@ -114,6 +120,7 @@ class ProjectionRunner:
         self._task: asyncio.Task[None] | None = None
         self._routes: dict[str, tuple[int, ...]] = {}  # event type -> indexes of the selective projections
         self._deferred: list[str] = []  # CREATE INDEX statements a scratch file runs at the end
+        self._building: dict[str, dict[str, Any]] = {}  # projection -> build state while its unique indexes wait
 
     def by_name(self, name: str) -> Projection:
         for p in self.projections:
@@ -170,12 +177,21 @@ class ProjectionRunner:
     def _create(self, db: sqlite3.Connection, p: Projection) -> None:
         """Create a projection's tables. A scratch file defers its plain indexes (`CREATE INDEX`)
         to `create_deferred_indexes`: one sort at the end of a rebuild costs far less than keeping
-        them up to date row by row, and no fold looks rows up by them (folds use keys)."""
+        them up to date row by row, and no fold looks rows up by them (folds use keys). A SQLite
+        scratch file also defers the `CREATE UNIQUE INDEX`es of a projection that can fold without
+        them (`build_many(db, events, state)`, then `finish_build(db, state)` makes its rows fit
+        them): inserting random keys into a unique index costs about as much as the row itself."""
+        can_build = self.scratch and hasattr(p, "build_many") and isinstance(db, sqlite3.Connection)
         for statement in p.schema.split(";"):
             if not statement.strip():
                 continue
-            if self.scratch and statement.lstrip().upper().startswith("CREATE INDEX"):
+            head = statement.lstrip().upper()
+            if self.scratch and head.startswith("CREATE INDEX"):
                 self._deferred.append(statement)
+                continue
+            if can_build and head.startswith("CREATE UNIQUE INDEX"):
+                self._deferred.append(statement)
+                self._building[p.name] = {}
                 continue
             db.execute(statement)
 
@@ -183,11 +199,14 @@ class ProjectionRunner:
         """Create the indexes `_create` deferred."""
 
         def create(db: sqlite3.Connection) -> None:
+            for name, state in self._building.items():
+                self.by_name(name).finish_build(db, state)  # type: ignore[attr-defined]  # see _create
             for statement in self._deferred:
                 db.execute(statement)
 
         dbthread.in_transaction(db, create)
         self._deferred.clear()
+        self._building.clear()
 
     def reset(self, db: sqlite3.Connection, names: Sequence[str]) -> None:
         """Empty the named projections' tables and set their checkpoints to 0 (one transaction)."""
@@ -228,29 +247,38 @@ class ProjectionRunner:
 
         if paused(db):  # looked at first outside a transaction: no write lock while a swap runs
             return None
+        return dbthread.in_transaction(db, self._apply_open, events, isolate)
 
-        def apply(db: sqlite3.Connection) -> int | None:
-            if paused(db):
-                return None
-            checkpoints = dict(db.execute("SELECT name, position FROM checkpoints").fetchall())
-            first, last = events[0].position, events[-1].position
-            groups = self._route(events)
-            for p, group in zip(self.projections, groups, strict=True):
-                checkpoint = checkpoints.get(p.name, 0)
-                if checkpoint >= last or checkpoint < first - 1:
-                    continue  # up to date, or behind this page (it catches up next round)
-                mine = events if group is None else group
-                if checkpoint >= first:
-                    mine = [e for e in mine if e.position > checkpoint]
-                if mine:
-                    self._fold(db, p, mine, isolate)
-                db.execute("UPDATE checkpoints SET position = ? WHERE name = ?", (last, p.name))
-                checkpoints[p.name] = last
-            return min((checkpoints.get(p.name, 0) for p in self.projections), default=last)
-
-        return dbthread.in_transaction(db, apply)
+    def _apply_open(self, db: sqlite3.Connection, events: list[Event], isolate: bool = False) -> int | None:
+        """`_apply` inside a transaction the caller has opened."""
+        if paused(db):
+            return None
+        checkpoints = dict(db.execute("SELECT name, position FROM checkpoints").fetchall())
+        first, last = events[0].position, events[-1].position
+        groups = self._route(events)
+        for p, group in zip(self.projections, groups, strict=True):
+            checkpoint = checkpoints.get(p.name, 0)
+            if checkpoint >= last or checkpoint < first - 1:
+                continue  # up to date, or behind this page (it catches up next round)
+            mine = events if group is None else group
+            if checkpoint >= first:
+                mine = [e for e in mine if e.position > checkpoint]
+            if mine:
+                self._fold(db, p, mine, isolate)
+            db.execute("UPDATE checkpoints SET position = ? WHERE name = ?", (last, p.name))
+            checkpoints[p.name] = last
+        return min((checkpoints.get(p.name, 0) for p in self.projections), default=last)
 
     def _fold(self, db: sqlite3.Connection, p: Projection, events: list[Event], isolate: bool) -> None:
+        state = self._building.get(p.name)
+        if state is not None:  # a scratch file without its unique indexes yet (see _create)
+            build_many = p.build_many  # type: ignore[attr-defined]
+            if not isolate:
+                build_many(db, events, state)
+                return
+            for event in events:
+                self._apply_isolated(db, p, event, lambda db, e: build_many(db, [e], state))
+            return
         if isolate:
             for event in events:
                 self._apply_isolated(db, p, event)
@@ -264,10 +292,12 @@ class ProjectionRunner:
             apply(db, event)
 
     @staticmethod
-    def _apply_isolated(db: sqlite3.Connection, p: Projection, event: Event) -> None:
+    def _apply_isolated(
+        db: sqlite3.Connection, p: Projection, event: Event, apply: Callable[[Any, Event], None] | None = None
+    ) -> None:
         db.execute("SAVEPOINT fold")
         try:
-            p.apply(db, event)
+            (apply or p.apply)(db, event)
         except Exception as exc:
             if storage_fault(exc):  # the disk, not the event: never skip it, retry the page later
                 raise
@@ -288,7 +318,7 @@ class ProjectionRunner:
     async def catch_up(self, progress: Progress | None = None, until: int | None = None) -> int:
         """Apply every committed event (up to `until`, when given); returns the position reached.
         The next page is read while the current one is applied."""
-        head = await self.store.head()
+        head = await self.store.head()  # (checkpoints and _apply_page check the connection)
         if until is not None:
             head = min(head, until)
         low = min((await self.checkpoints()).values(), default=0)
@@ -359,6 +389,8 @@ class ProjectionRunner:
     ) -> int:
         try:
             low = min((pos for (pos,) in db.execute("SELECT position FROM checkpoints")), default=0)
+            if db.execute("PRAGMA journal_mode").fetchone()[0] == "off":
+                return self._build_unjournaled(db, reader, low, until, reached_page)
             while until is None or low < until:
                 limit = self.page if until is None else min(self.page, until - low)
                 events = reader.read(low, limit)
@@ -378,6 +410,43 @@ class ProjectionRunner:
             return low
         finally:
             reader.close()
+
+    def _build_unjournaled(
+        self, db: sqlite3.Connection, reader: Any, low: int, until: int | None, reached_page: Callable[[int], None]
+    ) -> int:
+        """`_build_pages` into a file without a rollback journal: BUILD_GROUP pages to a transaction,
+        so a page the folds touch again and again (random keys) is written out once per group rather
+        than once per page. Nothing can be rolled back there, so a page that fails raises
+        UnjournaledFailure instead of being folded again event by event."""
+        pages = 0
+        try:
+            while until is None or low < until:
+                limit = self.page if until is None else min(self.page, until - low)
+                events = reader.read(low, limit)
+                if not events:
+                    break
+                if not db.in_transaction:
+                    db.execute("BEGIN IMMEDIATE")
+                try:
+                    reached = self._apply_open(db, events)
+                except Exception as exc:
+                    if storage_fault(exc):  # disk full or read-only: the rebuild fails, nothing is swapped
+                        raise
+                    raise UnjournaledFailure(f"projection page after {low} failed") from exc
+                if reached is None or reached <= low:  # paused, or a projection stalls: not a scratch's case
+                    break
+                low = reached
+                pages += 1
+                if pages % BUILD_GROUP == 0:
+                    db.execute("COMMIT")
+                reached_page(low)
+            if db.in_transaction:
+                db.execute("COMMIT")
+            return low
+        finally:
+            if db.in_transaction:  # failed: the file is thrown away, the connection must just leave it
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
 
     async def _read(self, after: int, until: int | None) -> list[Event]:
         limit = self.page if until is None else max(0, min(self.page, until - after))

@@ -146,3 +146,22 @@ async def test_an_event_a_projection_cannot_fold_is_recorded_and_skipped_not_a_s
     await ticks(store, "d")
     assert await runner.catch_up() == 4  # later events still flow
     await runner.close()
+
+
+async def test_a_page_that_fails_in_a_rebuild_folds_again_with_a_journal_and_matches_the_live_fold(
+    store, tmp_path, caplog
+) -> None:
+    """A rebuild folds without a rollback journal, many pages to a transaction; a page that fails
+    there cannot be rolled back, so the fold starts again with a journal and isolates the event,
+    as the live fold did."""
+    await ticks(store, *["a", "b", "c"] * 20)
+    runner = ProjectionRunner(store, str(tmp_path / "rm.db"), [Counter(fail_at=57)], page=2)
+    await runner.open()
+    await runner.catch_up()
+    live = counts(tmp_path / "rm.db")
+    assert live == {"a": 20, "b": 20, "c": 19}
+    assert await runner.rebuild() == 60
+    assert counts(tmp_path / "rm.db") == live
+    assert [pos for _, pos, _, _ in await runner.failures()] == [57]
+    assert "folding again with one" in caplog.text
+    await runner.close()
