@@ -31,6 +31,7 @@ class Settings(msgspec.Struct, kw_only=True):
     # a schema of its own ("" = <event_store_schema>_rm / <event_store_schema>_keys).
     readmodels_schema: str = ""
     keys_schema: str = ""
+    readmodels_pool_size: int = 10  # read connections per process to the PostgreSQL read models
     request_max_bytes: int = 10 * 1024 * 1024  # any other request body (JSON); larger is a 413
     sse_streams_per_token: int = 8  # live event streams open at once per token; more is a 429
     run_engine: bool = True  # execute runs inside this process (kroma serve)
@@ -119,6 +120,7 @@ _SOURCES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("event_store_schema", ("KROMA_EVENT_STORE_SCHEMA",), "storage", "event_store_schema"),
     ("readmodels_schema", ("KROMA_READMODELS_SCHEMA",), "storage", "readmodels_schema"),
     ("keys_schema", ("KROMA_KEYS_SCHEMA",), "storage", "keys_schema"),
+    ("readmodels_pool_size", ("KROMA_READMODELS_POOL_SIZE",), "storage", "readmodels_pool_size"),
     ("run_engine", ("KROMA_RUN_ENGINE",), "runs", "engine"),
     ("run_provider_calls", ("KROMA_RUN_PROVIDER_CALLS",), "runs", "provider_calls"),
     ("run_cpu_workers", ("KROMA_RUN_CPU_WORKERS",), "runs", "cpu_workers"),

@@ -59,8 +59,10 @@ class Services:
         for setting, name in (("readmodels_schema", schema), ("keys_schema", keys)):
             if not _SCHEMA_NAME.fullmatch(name):
                 raise ValueError(f"invalid {setting} {name!r}: use [a-z_][a-z0-9_]*, at most 55 chars")
-        self.runner = PostgresProjectionRunner(self.store, url, schema, all_projections())
-        self.reader = PostgresReadModels(url, schema)
+        runner = PostgresProjectionRunner(self.store, url, schema, all_projections())
+        reader = PostgresReadModels(url, schema, self.settings.readmodels_pool_size)
+        reader.follow(runner)  # its commits and progress empty the reader's cache before settle returns
+        self.runner, self.reader = runner, reader
         self.token_usage = PostgresTokenUsage(url, schema)
         legacy = self.settings.data_path / KEYS_DB_NAME  # keys kept here before they moved with the log
         self.vault = Vault(

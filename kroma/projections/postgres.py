@@ -18,6 +18,10 @@ schema's fold lock (so no runner folds meanwhile), folds what was appended since
 no projection owns (`token_usage`) and swaps the schemas by renaming them in one transaction.
 Every connection finds its tables through `search_path` by name, so each statement after the commit
 sees the new tables; none is reopened.
+
+Every transaction that writes the read models (a fold, a rebuild's swap) also queues
+`pg_notify('<schema>_changed', <who>)`, delivered at its commit: readers of every process LISTEN
+on that channel and drop their cached answers (`PostgresReadModels`).
 """
 
 from __future__ import annotations
@@ -27,11 +31,14 @@ import contextlib
 import hashlib
 import logging
 import sqlite3
+import threading
+import uuid
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any, TypeVar
 
+import asyncpg
 import psycopg
 from psycopg import pq, sql
 from psycopg.adapt import Dumper, Loader
@@ -41,7 +48,7 @@ from kroma import dbthread
 from kroma.events.store import EventStore
 from kroma.projections.base import Projection
 from kroma.projections.pg_sql import TableInfo, translate
-from kroma.projections.reader import ReadModels
+from kroma.projections.reader import CACHE_MAX_BYTES, CACHE_MAX_ENTRIES, CACHE_MAX_ROWS, ReadModels
 from kroma.projections.rebuild import RebuildBusy
 from kroma.projections.runner import (
     CHECKPOINTS,
@@ -57,6 +64,18 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TRANSLATIONS_KEPT = 4096  # translated statements cached per connection (then the cache starts over)
+POOL_SIZE = 10  # read connections per process (storage.readmodels_pool_size)
+LISTEN_PING = 5.0  # seconds between two checks that the LISTEN connection still answers
+LISTEN_PING_TIMEOUT = 5.0  # a check not answered by then counts as a lost connection
+_CHANNEL_MAX = 63  # PostgreSQL's identifier length (NAMEDATALEN - 1): a channel name is one
+
+
+def change_channel(schema: str) -> str:
+    """The NOTIFY channel on which every write to the read models of `schema` is announced."""
+    name = f"{schema}_changed"
+    if len(name.encode()) <= _CHANNEL_MAX:
+        return name
+    return f"kroma_rm_{hashlib.sha256(schema.encode()).hexdigest()[:32]}_changed"  # a rebuild's `_rb`
 
 
 def fold_lock_key(schema: str) -> int:
@@ -131,17 +150,27 @@ class _NoRows:
 
 class PgConnection:
     """The sqlite3.Connection subset projections and the runner use, on one psycopg connection
-    (autocommit; transactions are the explicit BEGIN/COMMIT the runner issues)."""
+    (autocommit; transactions are the explicit BEGIN/COMMIT the runner issues).
 
-    def __init__(self, conn: psycopg.Connection[Any], schema: str) -> None:
+    A write transaction (`BEGIN IMMEDIATE`: the fold lock) queues `pg_notify(<channel>, tag)` just
+    before its COMMIT, so every reader listening learns of the commit as it becomes visible;
+    `commits` counts the COMMITs tried (landed or not), so the caller can tell its own readers."""
+
+    def __init__(self, conn: psycopg.Connection[Any], schema: str, tag: str = "") -> None:
         self.conn = conn
         self.schema = schema
+        self.tag = tag
+        self.commits = 0
+        self._writing = False  # inside a write transaction (BEGIN IMMEDIATE), not yet ended
         self._lock = f"SELECT pg_advisory_xact_lock({fold_lock_key(schema)})"
+        self._notify = sql.SQL("SELECT pg_notify({}, {})").format(
+            sql.Literal(change_channel(schema)), sql.Literal(tag)
+        )
         self._sql: dict[tuple[str, bool], str | None] = {}
         self._tables: dict[str, TableInfo] = {}
 
     @classmethod
-    def connect(cls, url: str, schema: str) -> PgConnection:
+    def connect(cls, url: str, schema: str, tag: str = "") -> PgConnection:
         conn = psycopg.connect(url, autocommit=True, prepare_threshold=None, application_name="kroma-fold")
         try:
             _configure(conn)
@@ -150,7 +179,7 @@ class PgConnection:
         except BaseException:
             conn.close()
             raise
-        return cls(conn, schema)
+        return cls(conn, schema, tag)
 
     @property
     def in_transaction(self) -> bool:
@@ -192,9 +221,18 @@ class PgConnection:
         head = statement.lstrip()[:16].upper()
         if head.startswith("BEGIN"):
             self.conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-            if "IMMEDIATE" in head:  # the runner's write transaction: one folding process at a time
+            self._writing = "IMMEDIATE" in head
+            if self._writing:  # the runner's write transaction: one folding process at a time
                 self.conn.execute(self._lock)
             return _NoRows()
+        if head.startswith(("COMMIT", "END", "ROLLBACK")) and "TO" not in head.split():
+            writing, self._writing = self._writing, False
+            if head.startswith("ROLLBACK"):
+                return self.conn.execute("ROLLBACK")
+            if writing:  # readers everywhere drop their cached answers as the commit lands
+                self.conn.execute(self._notify)
+            self.commits += 1
+            return self.conn.execute("COMMIT")
         text = self._translate(statement, bool(params))
         if text is None:
             return _NoRows()
@@ -222,7 +260,13 @@ def _as_sqlite(db: PgConnection) -> sqlite3.Connection:
 
 class PostgresProjectionRunner(ProjectionRunner):
     """ProjectionRunner on a PostgreSQL schema: the same folds, checkpoints and waits; every
-    database call runs in this runner's own thread (one connection, used by one thread)."""
+    database call runs in this runner's own thread (one connection, used by one thread).
+
+    `on_change` callbacks (this process's readers, see `PostgresReadModels.follow`) are called
+    after every call that committed (in the runner's thread, once the commit has returned) and
+    whenever `position` moves on (before the waiters of `wait_for` wake): a read after `settle`
+    never gets an answer cached before the write. Other processes learn of the commit through the
+    NOTIFY it carries, with this runner's `tag` (so its own readers can ignore that one)."""
 
     def __init__(
         self,
@@ -237,8 +281,19 @@ class PostgresProjectionRunner(ProjectionRunner):
         super().__init__(store, schema, projections, page, scratch=scratch)
         self.url = url
         self.schema = schema
+        self.tag = uuid.uuid4().hex  # the payload of this runner's NOTIFYs
+        self.on_change: list[Callable[[], None]] = []  # thread-safe callables
         self._pg: PgConnection | None = None
         self._thread: ThreadPoolExecutor | None = None
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()
+
+    def _advance(self, position: int) -> None:
+        if position > self.position:  # another process may have folded it: drop cached answers first
+            self._changed()
+        super()._advance(position)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """fn(connection, *args) in this runner's thread."""
@@ -249,15 +304,22 @@ class PostgresProjectionRunner(ProjectionRunner):
             assert pg is not None
             if pg.conn.broken:  # the server went away: the next round folds on a new connection
                 pg.close()
-                pg = self._pg = PgConnection.connect(self.url, self.schema)
-            return fn(_as_sqlite(pg), *args)
+                pg = self._pg = PgConnection.connect(self.url, self.schema, self.tag)
+            commits = pg.commits
+            try:
+                return fn(_as_sqlite(pg), *args)
+            finally:  # after a pipeline's last sync: the commit has landed (or failed)
+                if pg.commits != commits:
+                    self._changed()
 
         return await asyncio.get_running_loop().run_in_executor(self._thread, call)
 
     async def open(self, copy_from: str | None = None, like: str | None = None) -> None:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"kroma-pg-{self.schema}")
         loop = asyncio.get_running_loop()
-        self._pg = await loop.run_in_executor(self._thread, PgConnection.connect, self.url, self.schema)
+        self._pg = await loop.run_in_executor(
+            self._thread, PgConnection.connect, self.url, self.schema, self.tag
+        )
         await self._run(self._prepare_pipelined)
 
     async def close(self) -> None:
@@ -434,8 +496,10 @@ async def rebuild_schema(
                         )
                     )
                     control.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(old)))
+                    control.execute("SELECT pg_notify(%s, '')", (change_channel(live),))  # every reader
 
             await asyncio.to_thread(swap)
+            runner._changed()
             return reached
         finally:
             await fresh.close()
@@ -452,24 +516,67 @@ async def rebuild_schema(
 
 
 class PostgresReadModels(ReadModels):
-    """ReadModels (same interface: rows as dicts) on a PostgreSQL schema. Statements run on a small
-    pool of async connections, so nothing blocks the event loop. Nothing is cached: any process may
-    commit at any moment and no cheap counter says so (SQLite's data_version has no equivalent), and
-    a statement is one round trip anyway. Each statement is its own snapshot, taken after every
-    commit that had returned, so a read after `settle` sees its write."""
+    """ReadModels (same interface: rows as dicts, `all`/`one`/`scalar`/`derived`/`lasting`) on a
+    PostgreSQL schema. Statements run on a pool of async connections (`pool_size`, opened as
+    needed), one statement each in autocommit, so nothing blocks the event loop and each statement
+    is its own snapshot, taken after every commit that had returned (a read after `settle` sees its
+    write).
 
-    def __init__(self, url: str, schema: str, thread_connections: int = 6) -> None:
-        super().__init__(schema, thread_connections=thread_connections)
+    Answers are cached as SQLite's reader caches them, until the read models change. What says they
+    changed is a generation counter, moved on (`changed`, thread-safe)
+    - by every NOTIFY on the schema's channel (`change_channel`): each transaction that writes the
+      read models, in any process, sends one, delivered at its commit; this reader LISTENs on a
+      connection of its own;
+    - by this process's runner (`follow`), synchronously, after each of its commits and before its
+      position moves on, so `settle` never returns while an answer cached before the write is kept
+      (another process's fold included: the runner moves on only once it has seen its checkpoints).
+    An answer is kept only when no change was heard while it was read; the next statement after a
+    change empties the cache. Without the LISTEN connection nothing would say another process
+    committed: while it is down (lost, or its periodic check not answered) the cache is emptied and
+    off, every statement goes to the server, and it comes back on only once LISTEN is re-established.
+    Statements on `token_usage` (written outside any fold, without a NOTIFY) are never cached."""
+
+    def __init__(self, url: str, schema: str, pool_size: int = POOL_SIZE) -> None:
+        super().__init__(schema, thread_connections=max(1, pool_size))
         self.url = url
         self.schema = schema
+        self.channel = change_channel(schema)
+        self.hits = 0  # answers served from the cache
         self._pool: list[psycopg.AsyncConnection[dict[str, Any]]] = []
-        self._sql: dict[tuple[str, bool], str] = {}
+        self._sql: dict[tuple[str, bool], tuple[str, bool]] = {}
         self._open = False
+        self._generation = 0  # moves on whenever the read models may have changed
+        self._generation_lock = threading.Lock()
+        self._cached_at = -1  # the generation every cached answer was read at
+        self._listening = False  # the cache is on only while the LISTEN connection is up
+        self._listener: asyncpg.Connection | None = None
+        self._wake = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._own_tags: set[str] = set()  # NOTIFY payloads of this process's runners
+
+    @property
+    def caching(self) -> bool:
+        """Whether answers are cached now (the LISTEN connection is up)."""
+        return self._listening and self._open
+
+    def follow(self, runner: PostgresProjectionRunner) -> None:
+        """Hear of `runner`'s commits and progress directly (synchronously, before `settle` returns);
+        its own NOTIFYs then bring no news."""
+        runner.on_change.append(self.changed)
+        self._own_tags.add(runner.tag)
+
+    def changed(self) -> None:
+        """The read models may have changed: no answer read before now is served again. Any thread."""
+        with self._generation_lock:
+            self._generation += 1
 
     async def open(self) -> None:
         self._slots = asyncio.Semaphore(self.thread_connections)
         self._pool.append(await self._connect())
         self._open = True
+        with contextlib.suppress(OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await self._listen()  # else the supervisor keeps trying; uncached meanwhile
+        self._supervisor = asyncio.create_task(self._supervise(), name="kroma-readmodels-listen")
 
     async def _connect(self) -> psycopg.AsyncConnection[dict[str, Any]]:
         conn = await psycopg.AsyncConnection.connect(
@@ -485,28 +592,172 @@ class PostgresReadModels(ReadModels):
 
     async def close(self) -> None:
         self._open = False
+        self._listening = False
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(BaseException):
+                await self._supervisor
+            self._supervisor = None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.remove_termination_listener(self._on_listener_lost)
+            if not listener.is_closed():
+                with contextlib.suppress(Exception):
+                    await listener.close(timeout=5)
+        self._cache.clear()
+        self._derived.clear()
         while self._pool:
             await self._pool.pop().close()
 
-    def _translate(self, statement: str, with_params: bool) -> str:
+    # -- change notifications ----------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        conn = await asyncpg.connect(
+            self.url, timeout=10, server_settings={"application_name": "kroma-read-listen"}
+        )
+        try:
+            await conn.add_listener(self.channel, self._on_notify)
+        except BaseException:
+            conn.terminate()
+            raise
+        conn.add_termination_listener(self._on_listener_lost)
+        if conn.is_closed() or not self._open:
+            conn.terminate()
+            return
+        self._listener = conn
+        self.changed()  # whatever was committed while nobody listened went unannounced
+        self._listening = True
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        if payload not in self._own_tags:  # this process's runner already said so, synchronously
+            self.changed()
+
+    def _on_listener_lost(self, conn: object) -> None:
+        if conn is self._listener and self._open:
+            log.warning("read models: LISTEN connection lost; answers are not cached until it is back")
+            self._drop_listener()
+
+    def _drop_listener(self) -> None:
+        """Cache off and empty; the supervisor reconnects."""
+        conn, self._listener = self._listener, None
+        self._listening = False
+        self.changed()
+        self._cache.clear()
+        self._derived.clear()
+        if conn is not None:
+            conn.remove_termination_listener(self._on_listener_lost)
+            if not conn.is_closed():
+                conn.terminate()
+        self._wake.set()
+
+    async def _supervise(self) -> None:
+        """Keep the LISTEN connection up: re-open it when lost, and check it answers every
+        LISTEN_PING seconds (a connection that silently stopped would otherwise keep the cache on)."""
+        delay = 0.1
+        lost = not self._listening  # the first try, in open(), failed
+        while self._open:
+            found = self._listener
+            if found is None or found.is_closed():
+                if found is not None:
+                    self._drop_listener()
+                lost = True
+                try:
+                    await self._listen()
+                except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                if lost and self._listening:
+                    log.info("read models: LISTEN connection re-established; caching again")
+                    lost = False
+                delay = 0.1
+                continue
+            conn: asyncpg.Connection = found
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LISTEN_PING):
+                    await self._wake.wait()
+            if conn.is_closed() or not self._is_listener(conn):
+                continue
+            try:
+                async with asyncio.timeout(LISTEN_PING_TIMEOUT):
+                    await conn.fetchval("SELECT 1")
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if self._is_listener(conn):
+                    log.warning(
+                        "read models: LISTEN connection does not answer; not caching until it is back"
+                    )
+                    self._drop_listener()
+
+    def _is_listener(self, conn: asyncpg.Connection) -> bool:
+        return conn is self._listener
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def _look(self) -> int:  # type: ignore[override]  # no connection to look at: the generation
+        """The generation now; the cache is emptied when it moved since the answers were read."""
+        generation = self._generation
+        if generation != self._cached_at:
+            self._cache.clear()
+            self._derived.clear()
+            self._cached_at = generation
+        return generation
+
+    def _may_keep(self, generation: int) -> bool:
+        """Whether an answer read since `generation` was looked at may be cached: no change heard meanwhile."""
+        return self._listening and self._generation == generation == self._cached_at
+
+    def _translate(self, statement: str, with_params: bool) -> tuple[str, bool]:
+        """The statement's PostgreSQL text, and whether its answer may be cached."""
         key = (statement, with_params)
-        text = self._sql.get(key)
-        if text is None:
-            found = translate(statement, _no_tables, with_params=with_params)
-            if found is None:
+        found = self._sql.get(key)
+        if found is None:
+            text = translate(statement, _no_tables, with_params=with_params)
+            if text is None:
                 raise ValueError(f"read models on PostgreSQL cannot run {statement!r}")
             if len(self._sql) >= TRANSLATIONS_KEPT:
                 self._sql.clear()
-            text = self._sql[key] = found
-        return text
+            found = self._sql[key] = (text, "token_usage" not in statement.lower())
+        return found
 
     async def derived(self, key: Hashable, build: Callable[[], Awaitable[T]]) -> T:
-        return await build()
+        if not self.caching:
+            return await build()
+        generation = self._look()
+        if key in self._derived:
+            self.hits += 1
+            return self._derived[key]
+        value = await build()
+        small = not isinstance(value, bytes) or len(value) <= CACHE_MAX_BYTES
+        if small and self._may_keep(generation) and len(self._derived) < CACHE_MAX_ENTRIES:
+            self._derived[key] = value
+        return value
 
     async def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        assert self._open, "read models are not open"
+        text, cacheable = self._translate(sql, bool(params))
+        if not (cacheable and self._listening):
+            return await self._query(text, params)
+        generation = self._look()
+        key = (sql, tuple(params))
+        cached = self._cache.get(key)
+        if cached is not None:
+            self.hits += 1
+            return [row.copy() for row in cached]
+        rows = await self._query(text, params)
+        if (
+            len(rows) <= CACHE_MAX_ROWS
+            and len(self._cache) < CACHE_MAX_ENTRIES
+            and self._may_keep(generation)
+        ):
+            self._cache[key] = [row.copy() for row in rows]
+        return rows
+
+    async def _query(self, text: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         slots = self._slots
         assert slots is not None and self._open, "read models are not open"
-        text = self._translate(sql, bool(params))
         async with slots:
             pooled = bool(self._pool)
             conn = self._pool.pop() if pooled else await self._connect()
