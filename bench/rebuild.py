@@ -8,9 +8,9 @@ and request ids alike), so the events are exactly what the application appends. 
 `kroma projections rebuild`'s: a fresh read-model file folded from position 0 and swapped into
 the live one; it runs in a child process so its peak RSS is its own.
 
-With --store postgres the same log is also built on PostgreSQL (a fresh schema, dropped
-afterwards) and rebuilt from there, the read models still in a SQLite file: PostgreSQL's row
-prints beside SQLite's.
+With --store postgres the same log is also built on PostgreSQL (fresh schemas, dropped
+afterwards) and rebuilt there, the read models in PostgreSQL too: PostgreSQL's row prints beside
+SQLite's.
 
 Usage: .venv/bin/python bench/rebuild.py [--events N] [--store sqlite|postgres] [--postgres-url URL] [--json]
 """
@@ -172,7 +172,8 @@ async def drop_schema(url: str, schema: str) -> None:
 
     db = await asyncpg.connect(url)
     try:
-        await db.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        for name in (schema, f"{schema}_rm", f"{schema}_rm_rb", f"{schema}_keys"):  # log, read models, keys
+            await db.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     finally:
         await db.close()
 
@@ -237,7 +238,7 @@ def main() -> None:
         " when the log is SQLite's, one otherwise)"
     )
     if "rebuild_all_postgres" in result:
-        print("(rebuild_all_postgres: the log on PostgreSQL, read through asyncpg; read models in SQLite)")
+        print("(rebuild_all_postgres: the log and the read models on PostgreSQL)")
     if args.json:
         print(json.dumps(result))
 
