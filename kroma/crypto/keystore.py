@@ -108,6 +108,35 @@ class RewrapReport:
         return [k for k, o in self.outcomes.items() if o is RewrapOutcome.MISSING]
 
 
+def plan_rewrap(
+    rows: Mapping[str, tuple[str, str]],
+    ids: list[str] | None,
+    source_ref: str | None,
+    target: str,
+    force: bool,
+) -> tuple[dict[str, RewrapOutcome], list[str]]:
+    """What a rewrap does to each key in scope (`rows`: key_id -> (wrapped, master_key_ref)): the
+    outcomes of the keys it leaves alone, and the ids to unwrap and seal again under `target`
+    (their outcome is ROTATED). One decision for every key store, whatever holds the rows."""
+    outcomes: dict[str, RewrapOutcome] = {}
+    rotate: list[str] = []
+    for key_id in sorted(rows if ids is None else ids):
+        if key_id not in rows:
+            outcomes[key_id] = RewrapOutcome.MISSING
+            continue
+        ref = rows[key_id][1]
+        if source_ref is not None and ref != source_ref:
+            if ids is not None:
+                outcomes[key_id] = RewrapOutcome.SKIPPED_OTHER_KEY_REF
+            continue
+        if ref == target and not force:
+            outcomes[key_id] = RewrapOutcome.SKIPPED_CURRENT_KEY_REF
+            continue
+        outcomes[key_id] = RewrapOutcome.ROTATED
+        rotate.append(key_id)
+    return outcomes, rotate
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -299,22 +328,8 @@ class KeyStore:
                     params = (json.dumps(ids),)
                 async with db.execute(sql, params) as cur:
                     rows = {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
-                outcomes: dict[str, RewrapOutcome] = {}
-                updates: list[tuple[str, str, str]] = []
-                for key_id in sorted(rows if ids is None else ids):
-                    if key_id not in rows:
-                        outcomes[key_id] = RewrapOutcome.MISSING
-                        continue
-                    wrapped, ref = rows[key_id]
-                    if source_ref is not None and ref != source_ref:
-                        if ids is not None:
-                            outcomes[key_id] = RewrapOutcome.SKIPPED_OTHER_KEY_REF
-                        continue
-                    if ref == target and not force:
-                        outcomes[key_id] = RewrapOutcome.SKIPPED_CURRENT_KEY_REF
-                        continue
-                    updates.append((seal(current, self._unwrap(key_id, wrapped, ref)), target, key_id))
-                    outcomes[key_id] = RewrapOutcome.ROTATED
+                outcomes, rotate = plan_rewrap(rows, ids, source_ref, target, force)
+                updates = [(seal(current, self._unwrap(k, *rows[k])), target, k) for k in rotate]
                 if updates:
                     await db.executemany(
                         "UPDATE data_keys SET wrapped = ?, master_key_ref = ? WHERE key_id = ?", updates

@@ -32,10 +32,10 @@ from kroma.crypto.keystore import (
     DataKeyNotFoundError,
     KeyStore,
     KeyStoreError,
-    RewrapOutcome,
     RewrapReport,
     _check_key_id,
     _now,
+    plan_rewrap,
 )
 from kroma.crypto.master_key import MasterKeyring
 from kroma.crypto.pepper import PEPPER_FILE
@@ -230,23 +230,10 @@ class PostgresKeyStore(KeyStore):
                     f"{select} WHERE key_id = ANY($1::text[]) ORDER BY key_id FOR UPDATE", ids
                 )
             rows = {r[0]: (r[1], r[2]) for r in found}
-            outcomes: dict[str, RewrapOutcome] = {}
-            updates: list[tuple[str, str, str]] = []
-            for key_id in sorted(rows if ids is None else ids):
-                if key_id not in rows:
-                    outcomes[key_id] = RewrapOutcome.MISSING
-                    continue
-                wrapped, ref = rows[key_id]
-                if source_ref is not None and ref != source_ref:
-                    if ids is not None:
-                        outcomes[key_id] = RewrapOutcome.SKIPPED_OTHER_KEY_REF
-                    continue
-                if ref == target and not force:
-                    outcomes[key_id] = RewrapOutcome.SKIPPED_CURRENT_KEY_REF
-                    continue
-                unwrapped = await asyncio.to_thread(self._unwrap, key_id, wrapped, ref)
-                updates.append((seal(current, unwrapped), target, key_id))
-                outcomes[key_id] = RewrapOutcome.ROTATED
+            outcomes, rotate = plan_rewrap(rows, ids, source_ref, target, force)
+            updates = [
+                (seal(current, await asyncio.to_thread(self._unwrap, k, *rows[k])), target, k) for k in rotate
+            ]
             if updates:
                 await conn.executemany(
                     f"UPDATE {self._table} SET wrapped = $1, master_key_ref = $2 WHERE key_id = $3", updates

@@ -22,17 +22,13 @@ ran on this host (same hostname and boot id) in a process that is gone.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 from kroma.clock import iso_micro
 from kroma.events.envelope import Event, Metadata, NewEvent
+from kroma.processes import process_alive
 
 JOB_CLAIMED = "job.claimed"
 JOB_LEASE_RENEWED = "job.lease_renewed"
@@ -42,29 +38,6 @@ CLAIM_EVENTS = (JOB_CLAIMED, JOB_LEASE_RENEWED, JOB_RELEASED)
 
 def job_stream(job_id: str) -> str:
     return f"job:{job_id}"
-
-
-@cache
-def this_host() -> str:
-    """`<hostname>/<boot id>`: two claims with the same host share a process table."""
-    boot = ""
-    with contextlib.suppress(OSError):
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    return f"{socket.gethostname()}/{boot}" if boot else socket.gethostname()
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process of this host is running (a zombie counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError, IndexError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    return True
 
 
 @dataclass

@@ -52,6 +52,7 @@ from kroma.engine.trigger import summary_stdout
 from kroma.events.envelope import Event, Metadata, NewEvent
 from kroma.events.store import AppendResult, ConcurrencyConflict
 from kroma.imaging import provenance, qa
+from kroma.processes import this_host
 from kroma.storage import post_run
 
 log = logging.getLogger("kroma.engine")
@@ -154,7 +155,7 @@ class RunEngine:
         # named alike: claims are told apart by their claim id, the name is for people.
         lease = max(0.5, float(settings.run_lease_seconds))
         name = settings.run_worker_id.strip() or f"{socket.gethostname()}:{os.getpid()}"
-        self.holder = cl.Holder(name, cl.this_host(), os.getpid(), lease)
+        self.holder = cl.Holder(name, this_host(), os.getpid(), lease)
         self.lease_margin = lease / 4  # a step starts only with this much of the lease left
         self._tg: anyio.abc.TaskGroup | None = None
 

@@ -26,6 +26,7 @@ from kroma.engine.providers.base import GenerationRequest, GenerationResult
 from kroma.engine.providers.local import LocalProvider
 from kroma.events.envelope import Event, Metadata, NewEvent
 from kroma.http.app import create_app
+from kroma.processes import this_host
 from kroma.services import Services
 from tests.engine.test_engine_http import GRAY, RED, app_root, create_project, trigger, upload
 
@@ -89,9 +90,9 @@ def test_a_claim_whose_process_is_gone_on_this_host_is_taken_at_once() -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
     claims = cl.fold_claims(
-        "j", [_claimed("c1", "other", NOW + timedelta(hours=1), cl.this_host(), dead.pid)]
+        "j", [_claimed("c1", "other", NOW + timedelta(hours=1), this_host(), dead.pid)]
     )
-    holder = cl.Holder("me", cl.this_host(), 2, 10.0)
+    holder = cl.Holder("me", this_host(), 2, 10.0)
     event = cl.decide_claim(claims, BASE, holder, "c2", NOW, Metadata())
     assert event is not None and event.data["taken_over"]["reason"] == "process_gone"
     # another host's process table says nothing about the holder: its lease decides
