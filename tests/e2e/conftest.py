@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -90,3 +92,52 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 @pytest.fixture
 def server(start_server: Callable[..., Server]) -> Server:
     return start_server()
+
+
+class WorkerProcess:
+    """A `kroma worker` process on a data folder: its log (stderr) goes to a file beside the folder,
+    its stdout (the summary line it prints on SIGTERM) is kept."""
+
+    ready = "agent dispatcher"  # what its log says once it works
+
+    def __init__(
+        self, data_dir: Path, worker_id: str, *options: str, env: dict[str, str] | None = None
+    ) -> None:
+        self.log = data_dir.parent / f"worker-{worker_id}.log"
+        args = [sys.executable, "-m", "kroma.cli", "worker", "--data-dir", str(data_dir)]
+        args += ["--worker-id", worker_id, *options]
+        environ = {**os.environ, **(env or {}), "KROMA_LOG_LEVEL": "info"}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                args, env=environ, cwd=data_dir.parent, stdout=subprocess.PIPE, stderr=log
+            )
+
+    def wait_started(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.ready not in self.log.read_text(errors="replace"):
+            assert self.proc.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, "the worker did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> dict[str, Any]:
+        """SIGTERM: the worker stops and prints its summary."""
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=15)
+        assert self.proc.returncode == 0, self.log.read_text()
+        return dict(json.loads(out.decode().strip().splitlines()[-1]))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    """Workers a test started: killed at its end, whatever happened."""
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.kill()

@@ -3,66 +3,27 @@ a fake agent API, a worker killed mid-dispatch, and the server and a worker comp
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, WorkerProcess
 from tests.fakes.agent_server import FakeAgent
 
 TOKEN = "e2e-agent-token-42"
 BASE = "/api/projects/demo/agent/instructions"
 
 
-class Worker:
-    """A `kroma worker` process; its log (stderr) goes to a file, its stdout is kept."""
+class Worker(WorkerProcess):
+    """A `kroma worker` delivering to the fake agent API."""
 
     def __init__(self, data_dir: Path, agent: FakeAgent, worker_id: str, *options: str) -> None:
-        self.log = data_dir.parent / f"worker-{worker_id}.log"
-        args = [sys.executable, "-m", "kroma.cli", "worker", "--data-dir", str(data_dir)]
-        args += ["--worker-id", worker_id, "--agent-api-url", agent.url, *options]
-        env = {**os.environ, "KROMA_AGENT_API_TOKEN": TOKEN, "KROMA_LOG_LEVEL": "info"}
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                args, env=env, cwd=data_dir.parent, stdout=subprocess.PIPE, stderr=log
-            )
-
-    def wait_started(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while "agent dispatcher" not in self.log.read_text(errors="replace"):
-            assert self.proc.poll() is None, self.log.read_text()
-            assert time.monotonic() < deadline, "the worker did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> dict[str, Any]:
-        """SIGTERM: the worker stops and prints its summary."""
-        self.proc.terminate()
-        out, _ = self.proc.communicate(timeout=15)
-        assert self.proc.returncode == 0, self.log.read_text()
-        return dict(json.loads(out.decode().strip().splitlines()[-1]))
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        worker.kill()
+        super().__init__(
+            data_dir, worker_id, "--agent-api-url", agent.url, *options, env={"KROMA_AGENT_API_TOKEN": TOKEN}
+        )
 
 
 def _ok(response: httpx.Response) -> dict[str, Any]:

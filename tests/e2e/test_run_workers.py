@@ -5,12 +5,7 @@ made on the server stops the worker's jobs too."""
 
 from __future__ import annotations
 
-import json
-import os
 import sqlite3
-import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,49 +16,19 @@ import pytest
 from click.testing import CliRunner
 
 from kroma.cli import main
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, WorkerProcess
 from tests.e2e.test_runs_server import BASE, ENGINE_TABLES, _dump, setup_project, wait_for
 from tests.fakes.openai_server import FakeOpenAI
 
 
-class RunWorker:
-    """A `kroma worker --no-agents` process (a run engine only); its log goes to a file."""
+class RunWorker(WorkerProcess):
+    """A `kroma worker --no-agents` process (a run engine only), started and working."""
+
+    ready = "run engine"
 
     def __init__(self, data_dir: Path, env: dict[str, str], worker_id: str, *options: str) -> None:
-        self.log = data_dir.parent / f"worker-{worker_id}.log"
-        args = [sys.executable, "-m", "kroma.cli", "worker", "--data-dir", str(data_dir)]
-        args += ["--worker-id", worker_id, "--no-agents", *options]
-        environ = {**os.environ, **env, "KROMA_LOG_LEVEL": "info"}
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                args, env=environ, cwd=data_dir.parent, stdout=subprocess.PIPE, stderr=log
-            )
-        deadline = time.monotonic() + 20
-        while "run engine" not in self.log.read_text(errors="replace"):
-            assert self.proc.poll() is None, self.log.read_text()
-            assert time.monotonic() < deadline, "the worker did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> dict[str, Any]:
-        self.proc.terminate()
-        out, _ = self.proc.communicate(timeout=15)
-        assert self.proc.returncode == 0, self.log.read_text()
-        return dict(json.loads(out.decode().strip().splitlines()[-1]))
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-@pytest.fixture
-def workers() -> Iterator[list[RunWorker]]:
-    started: list[RunWorker] = []
-    yield started
-    for worker in started:
-        worker.kill()
+        super().__init__(data_dir, worker_id, "--no-agents", *options, env=env)
+        self.wait_started()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from kroma.crypto import encode_key
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, workers  # noqa: F401
 
 # fixtures of tests/e2e/test_run_workers.py, used here by name
 from tests.e2e.test_run_workers import (  # noqa: F401
@@ -23,7 +23,6 @@ from tests.e2e.test_run_workers import (  # noqa: F401
     _of,
     _trigger,
     openai,
-    workers,
 )
 from tests.e2e.test_runs_server import BASE, setup_project, wait_for
 from tests.events.postgres_server import POSTGRES_URL
