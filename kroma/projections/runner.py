@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
-import os
 import socket
 import sqlite3
 import time
@@ -31,6 +32,7 @@ from kroma.domain.errors import Internal, StorageUnavailable
 from kroma.events.envelope import Event
 from kroma.events.store import EventStore
 from kroma.faults import storage_fault
+from kroma.processes import process_alive
 from kroma.projections.base import Projection
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,8 @@ RUNNER_TABLES = ("checkpoints", "projection_failures", "projection_rebuild")
 PAUSE_POLL = 0.05  # seconds between looks at a paused read model
 BUILD_GROUP = 16  # pages to a transaction in a file written without a rollback journal (a rebuild's)
 FAULT_PATIENCE = 2.0  # seconds a read-your-writes wait lasts while the read models cannot be written
+AUTOCHECKPOINT_PAGES = 10_000  # the live file's fold commits checkpoint past this WAL size (SQLite's: 1,000)
+WATCH = 0.5  # seconds between two looks at the read-your-writes waiters' deadlines and the fault
 
 Progress = Callable[[int, int], None]  # (position reached, head)
 HOST = socket.gethostname()
@@ -79,15 +83,7 @@ class UnjournaledFailure(Exception):
 
 def pid_alive(host: str, pid: int) -> bool:
     """Whether the process that wrote a rebuild row may still be running (assumed so on another host)."""
-    if host != HOST:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return host != HOST or process_alive(pid)
 
 
 def paused(db: sqlite3.Connection) -> bool:
@@ -121,6 +117,11 @@ class ProjectionRunner:
         self._routes: dict[str, tuple[int, ...]] = {}  # event type -> indexes of the selective projections
         self._deferred: list[str] = []  # CREATE INDEX statements a scratch file runs at the end
         self._building: dict[str, dict[str, Any]] = {}  # projection -> build state while its unique indexes wait
+        # wait_for's waiters: (position, seq, future, deadline, since), a heap by position; one timer
+        # (`_watch`) for all of them fails those past their deadline or a lasting fault.
+        self._waiters: list[tuple[int, int, asyncio.Future[None], float, float]] = []
+        self._waiter_seq = itertools.count()
+        self._watch: asyncio.TimerHandle | None = None
 
     def by_name(self, name: str) -> Projection:
         for p in self.projections:
@@ -137,6 +138,9 @@ class ProjectionRunner:
             self._conn = await connect_scratch(self.path, copy_from, like)
         else:
             self._conn = await dbthread.connect(self.path)
+            # The file's Checkpointer (kroma.projections.reader) keeps the WAL short off the commit
+            # path; a fold's commit checkpoints only if the WAL still grows past this (a safety net).
+            await self._conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
         await dbthread.run(self._conn, self._prepare)
 
     async def close(self) -> None:
@@ -467,6 +471,11 @@ class ProjectionRunner:
             self.position = position
             self._advanced.set()
             self._advanced = asyncio.Event()
+            waiters = self._waiters
+            while waiters and waiters[0][0] <= position:
+                future = heapq.heappop(waiters)[2]
+                if not future.done():
+                    future.set_result(None)
 
     async def start(self) -> None:
         """Catch up, then follow the log in the background."""
@@ -487,20 +496,47 @@ class ProjectionRunner:
                 await asyncio.sleep(0.5)
 
     async def wait_for(self, position: int, timeout: float = 10.0) -> None:
-        """Return once every read model reflects the log up to `position` (read-your-writes)."""
+        """Return once every read model reflects the log up to `position` (read-your-writes).
+
+        Raises StorageUnavailable once the read models have failed to be written for
+        FAULT_PATIENCE seconds of the wait (disk full), Internal after `timeout`. A waiter is one
+        future, resolved by `_advance`: no task, timer or wake-up of its own."""
+        if self.position >= position:
+            return
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        started = loop.time()
-        while self.position < position:
-            remaining = deadline - loop.time()
-            if self.fault is not None and loop.time() - started > FAULT_PATIENCE:
-                raise StorageUnavailable()  # the read models cannot be written (disk full)
-            if remaining <= 0:
-                raise Internal()
-            advanced = self._advanced
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(remaining, 0.5)):  # no task per waiter and wake-up
-                    await advanced.wait()
+        now = loop.time()
+        deadline = now + timeout
+        future: asyncio.Future[None] = loop.create_future()
+        heapq.heappush(self._waiters, (position, next(self._waiter_seq), future, deadline, now))
+        watch = self._watch
+        if watch is None or watch.when() > deadline:
+            if watch is not None:
+                watch.cancel()
+            self._watch = loop.call_at(min(now + WATCH, deadline), self._look_at_waiters)
+        await future
+
+    def _look_at_waiters(self) -> None:
+        """Fail the waiters past their deadline, or waiting through a lasting fault; forget the
+        ones whose caller went away; look again while any is left."""
+        self._watch = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        left = []
+        for waiter in self._waiters:
+            _, _, future, deadline, since = waiter
+            if future.done():
+                continue
+            if self.fault is not None and now - since > FAULT_PATIENCE:
+                future.set_exception(StorageUnavailable())  # the read models cannot be written (disk full)
+            elif now >= deadline:
+                future.set_exception(Internal())
+            else:
+                left.append(waiter)
+        heapq.heapify(left)
+        self._waiters = left
+        if left:
+            soonest = min(w[3] for w in left)
+            self._watch = loop.call_at(min(now + WATCH, soonest), self._look_at_waiters)
 
     async def rebuild(self, names: Sequence[str] | None = None, progress: Progress | None = None) -> int:
         """Fold the named projections (all when None) again from position zero into a fresh file

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
+from kroma.domain.errors import Internal, StorageUnavailable
 from kroma.events.envelope import Event, NewEvent
 from kroma.events.sqlite import SQLiteEventStore
 from kroma.projections.runner import ProjectionRunner
@@ -90,6 +93,35 @@ async def test_follow_applies_new_commits_and_wait_for_returns_once_visible(stor
     await runner.wait_for(2, timeout=5)
     assert counts(tmp_path / "rm.db") == {"a": 2}
     await runner.close()
+
+
+async def test_wait_for_wakes_each_waiter_at_its_position_and_fails_late_or_faulty_ones(store, tmp_path) -> None:
+    runner = ProjectionRunner(store, str(tmp_path / "rm.db"), [Counter()])
+    await runner.open()
+    await runner.start()
+    early, late = asyncio.create_task(runner.wait_for(1, timeout=5)), asyncio.create_task(runner.wait_for(3))
+    gone = asyncio.create_task(runner.wait_for(2, timeout=5))
+    await asyncio.sleep(0)
+    gone.cancel()  # a caller that went away is forgotten, and wakes no one else
+    await ticks(store, "a")
+    await asyncio.wait_for(early, 5)
+    assert not late.done()
+    await ticks(store, "a", "b")
+    await asyncio.wait_for(late, 5)
+    assert counts(tmp_path / "rm.db") == {"a": 2, "b": 1}
+    await runner.wait_for(3, timeout=0)  # already visible: no wait, whatever the timeout
+    started = time.monotonic()
+    with pytest.raises(Internal):
+        await runner.wait_for(99, timeout=0.2)  # past its deadline, not at the next look half a second on
+    assert time.monotonic() - started < 0.45
+    await runner.close()
+    stalled = ProjectionRunner(store, str(tmp_path / "rm.db"), [Counter()])  # not following: the fault stays
+    await stalled.open()
+    stalled.fault = OSError("disk full")
+    with pytest.raises(StorageUnavailable):
+        await stalled.wait_for(99, timeout=10)  # a fault lasting FAULT_PATIENCE ends the wait
+    assert stalled._waiters == []
+    await stalled.close()
 
 
 async def test_a_version_bump_rebuilds_the_projection_from_zero(store, tmp_path) -> None:
