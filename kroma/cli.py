@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -98,6 +99,9 @@ def _tune_gc_for_serving() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+    # A write waits on the event writer's and the projection runner's threads in turn; with the
+    # default 5 ms GIL slice each hand-over can wait a whole slice behind the busy event loop.
+    sys.setswitchinterval(0.0005)
 
 
 # -- worker ----------------------------------------------------------------------------------------
