@@ -48,7 +48,7 @@ import msgspec
 from kroma.clock import Clock
 from kroma.events import codec
 from kroma.events.envelope import Event, ExpectedVersion, Metadata, NewEvent
-from kroma.events.sqlite import _row_to_event
+from kroma.events.rows import row_to_event
 from kroma.events.store import AppendResult, ConcurrencyConflict, IdempotencyMismatch
 
 log = logging.getLogger(__name__)
@@ -572,7 +572,7 @@ class PostgresEventStore:
         return self._pool
 
     async def _events(self, sql: str, *args: Any) -> list[Event]:
-        return [_row_to_event(row) for row in await self._readers().fetch(sql, *args)]
+        return [row_to_event(row) for row in await self._readers().fetch(sql, *args)]
 
     async def lookup_idempotency(self, key: str) -> tuple[str, AppendResult] | None:
         row = await self._readers().fetchrow(self._sql.key, key)

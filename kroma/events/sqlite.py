@@ -24,8 +24,9 @@ import msgspec
 
 from kroma import dbthread
 from kroma.clock import Clock
-from kroma.events import codec, upcasting, verification
+from kroma.events import codec, verification
 from kroma.events.envelope import Event, ExpectedVersion, Metadata, NewEvent
+from kroma.events.rows import row_to_event
 from kroma.events.store import AppendResult, ConcurrencyConflict, IdempotencyMismatch
 from kroma.walcheckpoint import Checkpointer
 
@@ -56,7 +57,6 @@ COLUMNS = (
     "position, event_id, stream_id, stream_version, type, schema_version, data, metadata, recorded_at, hash"
 )
 
-_meta_decoder = msgspec.json.Decoder(Metadata)
 _result_decoder = msgspec.json.Decoder(AppendResult)
 _NO_METADATA = Metadata()
 _EMPTY_META = codec.encode(_NO_METADATA)
@@ -86,26 +86,6 @@ class _WriterState:
     head_position: int = 0
     head_hash: bytes = codec.GENESIS
     versions: dict[str, int] = field(default_factory=dict)
-
-
-def _row_to_event(row: Sequence[Any]) -> Event:
-    """A stored row as the Event readers see: data upcast to its type's newest shape."""
-    pos, eid, sid, sver, typ, schema, data, meta, rec, digest = row
-    decoded = msgspec.json.decode(data)
-    if typ in upcasting.EVOLVED:
-        schema, decoded = upcasting.upcast(typ, schema, decoded)
-    return Event(
-        position=pos,
-        event_id=eid,
-        stream_id=sid,
-        stream_version=sver,
-        type=typ,
-        schema_version=schema,
-        data=decoded,
-        metadata=_meta_decoder.decode(meta),
-        recorded_at=rec,
-        hash=digest.hex(),
-    )
 
 
 class SQLiteEventStore:
@@ -442,7 +422,7 @@ class SQLiteEventStore:
         is decoded off the event loop and beside the work of other threads."""
         assert self._reader_conn is not None, "event store is not open"
         return await dbthread.run(
-            self._reader_conn, lambda db: [_row_to_event(r) for r in db.execute(sql, params)]
+            self._reader_conn, lambda db: [row_to_event(r) for r in db.execute(sql, params)]
         )
 
     async def lookup_idempotency(self, key: str) -> tuple[str, AppendResult] | None:
@@ -538,7 +518,7 @@ class PageReader:
         rows = self._db.execute(
             f"SELECT {COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?", (after, limit)
         )
-        return [_row_to_event(r) for r in rows]
+        return [row_to_event(r) for r in rows]
 
     def close(self) -> None:
         self._db.close()
