@@ -347,19 +347,13 @@ class PostgresProjectionRunner(ProjectionRunner):
             db.execute(CHECKPOINTS)
             db.execute(FAILURES)
             db.execute(REBUILDS)
-            stored = dict(db.execute("SELECT name, version FROM checkpoints").fetchall())
             existing = {
                 r[0]
                 for r in db.execute(
                     "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
                 ).fetchall()
             }
-            for p in self.projections:
-                if stored.get(p.name) == p.version and existing.issuperset(p.tables):
-                    continue
-                self._drop(db, p)
-                self._create(db, p)
-                db.execute("INSERT INTO checkpoints VALUES (?, ?, 0)", (p.name, p.version))
+            self._renew_stale(db, existing)
 
         # IMMEDIATE: takes the fold lock, so two processes starting at once do not both create
         dbthread.in_transaction(db, prepare)

@@ -160,16 +160,21 @@ class ProjectionRunner:
             db.execute(CHECKPOINTS)
             db.execute(FAILURES)
             db.execute(REBUILDS)
-            stored = dict(db.execute("SELECT name, version FROM checkpoints").fetchall())
             existing = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            for p in self.projections:
-                if stored.get(p.name) == p.version and existing.issuperset(p.tables):
-                    continue
-                self._drop(db, p)
-                self._create(db, p)
-                db.execute("INSERT INTO checkpoints VALUES (?, ?, 0)", (p.name, p.version))
+            self._renew_stale(db, existing)
 
         dbthread.in_transaction(db, prepare)
+
+    def _renew_stale(self, db: sqlite3.Connection, existing: set[str]) -> None:
+        """Drop and create again every projection whose version moved or whose tables are missing
+        (`existing`: the tables the file or schema holds); its checkpoint starts at 0."""
+        stored = dict(db.execute("SELECT name, version FROM checkpoints").fetchall())
+        for p in self.projections:
+            if stored.get(p.name) == p.version and existing.issuperset(p.tables):
+                continue
+            self._drop(db, p)
+            self._create(db, p)
+            db.execute("INSERT INTO checkpoints VALUES (?, ?, 0)", (p.name, p.version))
 
     @staticmethod
     def _drop(db: sqlite3.Connection, p: Projection) -> None:
